@@ -1,0 +1,28 @@
+# The README's commands. Each target first makes sure the environment exists (a no-op in
+# seconds once it does) and that it runs this checkout's code.
+FIREDRAKE_MSM_VENV ?= $(HOME)/.cache/firedrake-msm/venv
+export FIREDRAKE_MSM_VENV
+PYTHON := $(FIREDRAKE_MSM_VENV)/bin/python
+# Firedrake wants one OpenMP thread; mpiexec as root needs Open MPI's consent, and
+# oversubscription for more ranks than cores.
+export OMP_NUM_THREADS := 1
+export OMPI_ALLOW_RUN_AS_ROOT := 1
+export OMPI_ALLOW_RUN_AS_ROOT_CONFIRM := 1
+export OMPI_MCA_rmaps_base_oversubscribe := 1
+
+.PHONY: install demo test lint bench
+
+install:
+	@bash scripts/install.sh
+
+demo: install
+	$(PYTHON) demos/burgers_bridge.py
+
+lint: install
+	$(PYTHON) -m flake8 firedrake_msm tests demos benchmarks
+
+test: lint
+	$(PYTHON) -m pytest tests $(PYTEST_ARGS)
+
+bench: install
+	$(PYTHON) benchmarks/bench_bridge.py $(BENCH_ARGS)
