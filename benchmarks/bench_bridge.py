@@ -1,0 +1,140 @@
+"""Benchmark: the torch bridge against Firedrake's assemble loop, fem_operator and the floor.
+
+2D viscous Burgers, F(u; v) = (u (u_x + u_y) v + nu grad u . grad v) dx on the unit square, for
+coarse sizes N ~ 1e2 .. 1e5 (CG1 and CG2) and batches B = 1, 16, 64, in float64 on the CPU:
+
+- bridge: ResidualOperator forward, and forward + backward;
+- assemble: B calls of Firedrake's ``assemble`` (after copying each state into the Function);
+- fem_operator: B calls of ``firedrake.ml.pytorch.fem_operator`` (pyadjoint replay);
+- floor: the same dense basis contractions alone (no gather, pointwise work or scatter).
+
+Usage: python benchmarks/bench_bridge.py [--quick] [--device cuda] [--dtype float32]
+``--quick`` runs N ~ 1e3 (CG1), B = 64 only; the last line is then a JSON summary.
+"""
+import argparse
+import json
+import time
+
+import numpy as np
+import torch
+from firedrake import (Constant, Function, FunctionSpace, TestFunction, UnitSquareMesh, assemble, dx,
+                       grad, inner)
+
+from firedrake_msm.bridge import ResidualOperator
+
+# Cells per side giving N ~ 1e2, 1e3, 1e4, 1e5 dofs.
+SIZES = {1: [9, 31, 99, 315], 2: [5, 15, 49, 157]}
+
+
+def timeit(fn, min_time=0.3, max_repeat=200):
+    """Median seconds per call over repeats lasting about ``min_time``."""
+    fn()
+    times = []
+    start = time.perf_counter()
+    while len(times) < max_repeat and (time.perf_counter() - start < min_time or len(times) < 3):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times))
+
+
+def burgers(n, degree):
+    V = FunctionSpace(UnitSquareMesh(n, n), "CG", degree)
+    u, v = Function(V), TestFunction(V)
+    return (u * (u.dx(0) + u.dx(1)) * v + Constant(0.005) * inner(grad(u), grad(v))) * dx, u
+
+
+def assemble_loop(F, u, U):
+    out = np.empty_like(U)
+    for b, state in enumerate(U):
+        u.dat.data[:] = state
+        out[b] = assemble(F).dat.data_ro
+    return out
+
+
+def make_fem_operator(F, u):
+    """firedrake.ml.pytorch's operator for u -> assemble(F(u)), or None where it cannot be built."""
+    try:
+        from firedrake.adjoint import Control, ReducedFunctional, continue_annotation, pause_annotation
+        from firedrake.ml.pytorch import fem_operator, to_torch
+        continue_annotation()
+        control = Function(u.function_space())
+        residual = assemble(__import__("ufl").replace(F, {u: control}))
+        operator = fem_operator(ReducedFunctional(residual, Control(control)))
+        pause_annotation()
+        operator(to_torch(control))
+        return lambda U: [operator(state) for state in U]
+    except Exception as error:   # report, do not hide, why the reference could not run
+        print(f"  (fem_operator unavailable: {type(error).__name__}: {error})")
+        return None
+
+
+def floor_time(op, U):
+    """The dense contractions alone, on pre-gathered data."""
+    term = op.terms[0]
+    trial, test = term.trial.table0, term.test.table0
+    B, C = U.shape[0], term.test.n_cells
+    local = torch.randn(B * C, trial.shape[1], dtype=U.dtype, device=U.device)
+    at_points = torch.randn(B * C, test.shape[0], dtype=U.dtype, device=U.device)
+    return timeit(lambda: (local @ trial.T, at_points @ test))
+
+
+def run(degree, n, batch, device, dtype, with_reference=True):
+    F, u = burgers(n, degree)
+    N = u.function_space().dim()
+    op = ResidualOperator(F, u, dtype=dtype, device=device)
+    U = 0.5 * torch.randn(batch, N, dtype=dtype, device=device)
+    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
+
+    def forward():
+        op(U)
+        sync()
+
+    Ug = U.clone().requires_grad_()
+
+    def backward():
+        op(Ug).sum().backward()
+        sync()
+
+    row = {"degree": degree, "n_dofs": N, "batch": batch, "forward_s": timeit(forward),
+           "forward_backward_s": timeit(backward), "floor_s": floor_time(op, U)}
+    if with_reference:
+        U64 = U.double().cpu().numpy()
+        row["assemble_s"] = timeit(lambda: assemble_loop(F, u, U64), min_time=0.5, max_repeat=20)
+        fem_op = make_fem_operator(F, u) if N <= 20000 else None
+        if fem_op is not None:
+            Ucpu = U.double().cpu()
+            row["fem_operator_s"] = timeit(lambda: fem_op(Ucpu), min_time=0.5, max_repeat=5)
+        row["speedup_vs_assemble"] = row["assemble_s"] / row["forward_s"]
+    row["ratio_to_floor"] = row["forward_s"] / row["floor_s"]
+    return row
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float64", choices=["float64", "float32"])
+    args = parser.parse_args()
+    dtype = getattr(torch, args.dtype)
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.device}, {args.dtype}")
+    if args.quick:
+        row = run(1, SIZES[1][1], 64, args.device, dtype)
+        print(json.dumps({k: row[k] for k in ("n_dofs", "batch", "speedup_vs_assemble", "ratio_to_floor")}))
+        return
+    header = (f"{'deg':>3} {'N':>7} {'B':>3} {'fwd ms':>9} {'fwd+bwd ms':>10} {'assemble ms':>11} "
+              f"{'fem_op ms':>10} {'floor ms':>9} {'x assemble':>10} {'/ floor':>8}")
+    print(header)
+    for degree, sizes in SIZES.items():
+        for n in sizes:
+            for batch in (1, 16, 64):
+                row = run(degree, n, batch, args.device, dtype)
+                ms = lambda key: f"{1e3 * row[key]:.3f}" if key in row else "-"  # noqa: E731
+                print(f"{degree:>3} {row['n_dofs']:>7} {batch:>3} {ms('forward_s'):>9} "
+                      f"{ms('forward_backward_s'):>10} {ms('assemble_s'):>11} {ms('fem_operator_s'):>10} "
+                      f"{ms('floor_s'):>9} {row['speedup_vs_assemble']:>10.1f} {row['ratio_to_floor']:>8.2f}",
+                      flush=True)
+
+
+if __name__ == "__main__":
+    main()

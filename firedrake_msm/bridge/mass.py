@@ -1,0 +1,175 @@
+"""The mass matrix of a space: batched action and inverse action."""
+import numpy as np
+import scipy.sparse as sp
+import torch
+from finat.quadrature import make_quadrature
+from firedrake import TestFunction, TrialFunction, assemble, dx, inner
+from finat.element_factory import as_fiat_cell
+
+from firedrake_msm.bridge.tabulation import component_groups, tabulate
+
+
+class MassOperator(torch.nn.Module):
+    r"""Action and inverse action of the mass matrix :math:`M_{ij} = \int \phi_i\cdot\phi_j\,dx`.
+
+    Parameters
+    ----------
+    V : firedrake.FunctionSpace
+        The space (mixed, vector and tensor spaces included).
+    method : {"exact", "lumped"}
+        ``"exact"`` (the default, because the physics drift must be the semi-discretisation
+        Firedrake itself would integrate): for discontinuous spaces the block inverse of each
+        cell's mass matrix; otherwise a Cholesky factorisation of :math:`M` when
+        :math:`N \le` ``dense_limit``, else Jacobi-preconditioned conjugate gradients to a relative
+        residual of ``rtol``.
+        ``"lumped"``: the HRZ diagonal :math:`d_i = M_{ii}/c`, with :math:`c = \sum_j
+        \int_{\hat K}\hat\phi_j^2 / |\hat K|` of the reference element (row-sum lumping for
+        linear elements, and positive for every Lagrange degree, unlike row sums for P2). It
+        changes the scheme: see the README for its error.
+    bcs : sequence of firedrake.DirichletBC
+        Constrained dofs: their rows and columns of :math:`M` are replaced by the identity.
+    dense_limit : int
+        Largest N factorised densely.
+    rtol : float, optional
+        Conjugate-gradient tolerance (default 1e-12 in float64, 1e-6 in float32).
+    """
+
+    def __init__(self, V, method="exact", *, bcs=(), dense_limit=4096, rtol=None,
+                 dtype=torch.float64, device=None):
+        super().__init__()
+        if method not in ("exact", "lumped"):
+            raise ValueError(f"method must be 'exact' or 'lumped', not {method!r}")
+        self.method = method
+        groups, self.size = component_groups(V)
+        u, v = TrialFunction(V), TestFunction(V)
+        petsc = assemble(inner(u, v) * dx, mat_type="aij").petscmat
+        M = sp.csr_matrix(petsc.getValuesCSR()[::-1], shape=petsc.getSize())
+        fixed = bc_dofs(V, bcs)
+        M = _constrain(M, fixed)
+        self.register_buffer("matrix", _to_torch_csr(M), persistent=False)
+        self.rtol = rtol
+        dofs = np.concatenate([g.dofs.reshape(len(g.dofs), -1) for g in groups], axis=1)
+        if method == "lumped":
+            diag = M.diagonal().copy()
+            for g in groups:
+                diag[g.dofs.ravel()] /= _hrz_factor(g.element, V.mesh())
+            diag[fixed] = 1.0
+            self.register_buffer("diag", torch.as_tensor(diag), persistent=False)
+            self.solver = "lumped"
+        elif np.bincount(dofs.ravel(), minlength=self.size).max() == 1:
+            blocks = np.asarray(M[dofs[:, :, None], dofs[:, None, :]])
+            self.register_buffer("block_inverse", torch.linalg.inv(torch.as_tensor(blocks)), persistent=False)
+            self.register_buffer("cell_dofs", torch.as_tensor(dofs), persistent=False)
+            self.solver = "block"
+        elif self.size <= dense_limit:
+            self.register_buffer("cholesky", torch.linalg.cholesky(torch.as_tensor(M.toarray())),
+                                 persistent=False)
+            self.solver = "cholesky"
+        else:
+            self.register_buffer("inverse_diag", torch.as_tensor(1.0 / M.diagonal()), persistent=False)
+            self.solver = "cg"
+        self.to(device=device, dtype=dtype)
+
+    def forward(self, U):
+        """The action :math:`M U` on a batch ``(B, N)``."""
+        return (self.matrix @ U.T).T
+
+    def solve(self, R):
+        r"""The inverse action :math:`M^{-1} R` on a batch ``(B, N)``; differentiable in ``R``."""
+        return _SymmetricSolve.apply(R, self._solve)
+
+    def _solve(self, R):
+        if self.solver == "lumped":
+            return R / self.diag
+        if self.solver == "block":
+            local = torch.einsum("cij,bcj->bci", self.block_inverse, R[:, self.cell_dofs])
+            out = torch.empty_like(R)
+            out[:, self.cell_dofs] = local
+            return out
+        if self.solver == "cholesky":
+            return torch.cholesky_solve(R.T, self.cholesky).T
+        return _pcg(self.matrix, self.inverse_diag, R, self._rtol(R.dtype))
+
+    def _rtol(self, dtype):
+        if self.rtol is not None:
+            return self.rtol
+        return 1e-12 if dtype == torch.float64 else 1e-6
+
+
+class _SymmetricSolve(torch.autograd.Function):
+    """x = M^{-1} b for a constant symmetric M: the backward pass is another solve."""
+
+    @staticmethod
+    def forward(ctx, b, solve):
+        ctx.solve = solve
+        return solve(b)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return ctx.solve(grad), None
+
+
+def _pcg(A, inverse_diag, B, rtol, maxiter=1000):
+    """Jacobi-preconditioned conjugate gradients for a batch of right-hand sides ``(n_rhs, N)``."""
+    X = torch.zeros_like(B)
+    R = B.clone()
+    Z = R * inverse_diag
+    P = Z.clone()
+    rz = (R * Z).sum(1, keepdim=True)
+    target = rtol * B.norm(dim=1, keepdim=True)
+    for _ in range(maxiter):
+        if bool((R.norm(dim=1, keepdim=True) <= target).all()):
+            return X
+        AP = (A @ P.T).T
+        alpha = rz / (P * AP).sum(1, keepdim=True).clamp_min(torch.finfo(B.dtype).tiny)
+        X = X + alpha * P
+        R = R - alpha * AP
+        Z = R * inverse_diag
+        rz_new = (R * Z).sum(1, keepdim=True)
+        P = Z + (rz_new / rz.clamp_min(torch.finfo(B.dtype).tiny)) * P
+        rz = rz_new
+    raise RuntimeError(f"mass-matrix CG did not reach rtol={rtol} in {maxiter} iterations")
+
+
+def bc_dofs(V, bcs):
+    """Positions in the flat dof vector of the dofs that the Dirichlet conditions ``bcs`` fix."""
+    groups, _ = component_groups(V)
+    offsets, first = [], 0
+    for Vk in V.subspaces:
+        offsets.append(first)
+        first += Vk.node_set.size * Vk.block_size
+    out = []
+    for bc in bcs:
+        Vbc = bc.function_space()
+        index = Vbc.index if Vbc.index is not None else 0
+        Vk = V.subspaces[index]
+        components = [Vbc.component] if Vbc.component is not None else range(Vk.block_size)
+        nodes = np.asarray(bc.nodes)
+        out.extend((offsets[index] + nodes[:, None] * Vk.block_size + np.asarray(components)).ravel())
+    return np.unique(np.asarray(out, dtype=np.int64))
+
+
+def _constrain(M, fixed):
+    """``M`` with the rows and columns of ``fixed`` replaced by those of the identity."""
+    if len(fixed) == 0:
+        return M
+    keep = np.ones(M.shape[0])
+    keep[fixed] = 0.0
+    D = sp.diags(keep)
+    return (D @ M @ D + sp.diags(1.0 - keep)).tocsr()
+
+
+def _hrz_factor(element, mesh):
+    r""":math:`\sum_j \int_{\hat K}\hat\phi_j^2 / |\hat K|` for a scalar reference element."""
+    cell = as_fiat_cell(mesh.ufl_cell())
+    rule = make_quadrature(cell, 2 * element.degree() + 2)
+    points = np.asarray(rule.point_set.points, dtype=float)
+    (values,) = tabulate(element, points, [None])
+    weights = np.asarray(rule.weights)
+    return float((weights[:, None] * values**2).sum() / weights.sum())
+
+
+def _to_torch_csr(M):
+    return torch.sparse_csr_tensor(torch.as_tensor(M.indptr, dtype=torch.int64),
+                                   torch.as_tensor(M.indices, dtype=torch.int64),
+                                   torch.as_tensor(M.data), size=M.shape)

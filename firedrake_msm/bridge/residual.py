@@ -1,0 +1,318 @@
+"""A UFL residual form as a batched, differentiable torch operation."""
+import numpy as np
+import torch
+import ufl
+import ufl.classes as uc
+from firedrake import Constant, FunctionSpace, TestFunction, assemble, dx
+from finat.element_factory import as_fiat_cell
+from tsfc.fem import get_quadrature_rule
+from tsfc.modified_terminals import analyse_modified_terminal
+from tsfc.ufl_utils import compute_form_data
+
+from firedrake_msm.bridge.tabulation import Basis
+from firedrake_msm.bridge.ufl2torch import PREFIX, Tape, UnsupportedUFLError
+from firedrake_msm.bridge.ufl2torch import leaves as integrand_leaves
+
+
+class ResidualOperator(torch.nn.Module):
+    r"""The residual of a semi-discrete form, for a whole batch of states at once.
+
+    For a 1-form :math:`F(u; v)` on a space :math:`V` with basis :math:`\{\phi_i\}`, maps a batch of
+    coefficient vectors :math:`U \in \mathbb{R}^{B \times N}` to
+
+    .. math:: R_{bi} = F(u_b; \phi_i),\qquad u_b = \sum_j U_{bj}\phi_j,
+
+    i.e. ``assemble(F)`` at each state, in the dof order of ``Function.dat``. Each cell integral
+    is evaluated the way TSFC compiles it (same preprocessing, same quadrature rule):
+
+    .. math:: R = \sum_{\text{cells}} \mathcal{E}^T B^T\, q\bigl(B\,\mathcal{E}U\bigr),
+
+    where :math:`\mathcal{E}` gathers each cell's dofs, :math:`B` tabulates the reference basis
+    and its derivatives at the quadrature points, and :math:`q` is the integrand translated from
+    UFL to torch (geometry and weights included).
+
+    Parameters
+    ----------
+    F : ufl.Form
+        A 1-form in the test function of ``u``'s space, nonlinear in ``u``.
+    u : firedrake.Function
+        The state that ``F`` is written in; its value is not used.
+    parameters : dict, optional
+        Maps ``Constant`` objects of ``F`` to torch tensors of the same shape, which then take
+        their place: differentiable, learnable (they are registered as module parameters when
+        they are :class:`torch.nn.Parameter`). Other constants are read at each call.
+    dtype : torch.dtype
+        ``torch.float64`` (default) or ``torch.float32``.
+    device : torch.device, optional
+        Where the operator's tensors live; inputs must already be there.
+
+    Notes
+    -----
+    Supported: cell integrals (``dx``, with subdomain ids) on simplices and quadrilaterals/
+    hexahedra in 1D, 2D and 3D; spaces of scalar elements and their vector, tensor and mixed
+    combinations; arithmetic, powers, ``inner``/``dot``/``grad``/``div``/``nabla_grad``/``sym``/
+    ``tr`` and other index notation, ``sqrt``, ``exp``, ``ln``, trigonometric and hyperbolic
+    functions, ``abs``, ``sign``, ``conditional``, ``max_value``/``min_value``, ``Constant``,
+    ``SpatialCoordinate``, ``CellVolume``, ``CellDiameter`` (affine cells), fixed
+    ``Function`` coefficients. Facet integrals (``ds``, ``dS``) and anything else raise
+    :class:`UnsupportedUFLError` naming the node and the integral.
+    """
+
+    def __init__(self, F, u, *, parameters=None, dtype=torch.float64, device=None):
+        super().__init__()
+        V = u.function_space()
+        _check_form(F, V)
+        self.size = V.dim()
+        self.function_space = V
+        parameters = dict(parameters or {})
+        self._bound = {}
+        for k, (c, value) in enumerate(parameters.items()):
+            if not isinstance(c, Constant) or tuple(value.shape) != c.ufl_shape:
+                raise ValueError(f"parameters must map Constants to tensors of their shape, not {c!r} "
+                                 f"to a tensor of shape {tuple(value.shape)}")
+            name = f"constant{k}"
+            if isinstance(value, torch.nn.Parameter):
+                self.register_parameter(name, value)
+            else:
+                self.register_buffer(name, value, persistent=False)
+            self._bound[c] = name
+
+        form_data = compute_form_data(F)
+        cells = _cells_by_subdomain([d for d in form_data.integral_data if d.integral_type == "cell"])
+        self.terms = torch.nn.ModuleList()
+        # compute_form_data renumbers coefficients; map them back to the user's objects.
+        originals = {new: old for old, new in form_data.function_replace_map.items()}
+        for itg_data in form_data.integral_data:
+            if itg_data.integral_type == "cell" and len(cells[itg_data.subdomain_id]) == 0:
+                continue
+            for integral in itg_data.integrals:
+                describe = _describe(F, itg_data)
+                if itg_data.integral_type != "cell":
+                    raise UnsupportedUFLError(
+                        f"{itg_data.integral_type} integrals (ds, dS) are not supported by the torch "
+                        f"bridge; found {describe}")
+                self.terms.append(_CellTerm(integral, V, u, cells[itg_data.subdomain_id], originals,
+                                             describe))
+        self.constants = sorted({leaf for term in self.terms for leaf in term.constants},
+                                key=lambda c: c.count())
+        self.to(device=device, dtype=dtype)
+
+    def _constant_values(self, like):
+        values = {}
+        for c in self.constants:
+            if c in self._bound:
+                value = getattr(self, self._bound[c])
+            else:
+                value = torch.as_tensor(np.asarray(c.dat.data_ro), dtype=like.dtype, device=like.device)
+            values[c] = value.reshape((1,) * PREFIX + c.ufl_shape)
+        return values
+
+    def forward(self, U):
+        """Residuals ``(B, N)`` of the states ``U`` ``(B, N)``."""
+        _check_input(U, self.size, self.terms[0].test.table0)
+        constants = self._constant_values(U)
+        return sum(term(U, constants) for term in self.terms)
+
+
+class _CellTerm(torch.nn.Module):
+    """One cell integral with one quadrature rule: tabulations, static geometry and the tape."""
+
+    def __init__(self, integral, V, u, cells, originals, describe):
+        super().__init__()
+        self.rule = _quadrature_rule(u.ufl_domain(), integral.metadata())
+        points = np.asarray(self.rule.point_set.points, dtype=float)
+        self.tdim = points.shape[1]
+        self._cells, self._points = cells, points
+        integrand = ufl.replace(integral.integrand(), originals)
+        leaves = integrand_leaves(integrand)
+        self.constants = [leaf for leaf in leaves if isinstance(leaf, (uc.Constant, Constant))]
+        self.state_leaves = [leaf for leaf in leaves if _terminal(leaf) == u]
+        self.test_leaves = [leaf for leaf in leaves if isinstance(_terminal(leaf), uc.Argument)]
+        self._state_by_order = {order: [leaf for leaf in self.state_leaves
+                                        if analyse_modified_terminal(leaf).local_derivatives == order]
+                                for order in (0, 1) if _has_order(self.state_leaves, order)}
+        self.trial = Basis(V, cells, points, value=_has_order(self.state_leaves, 0),
+                           grad=_has_order(self.state_leaves, 1))
+        self.test = Basis(V, cells, points, value=_has_order(self.test_leaves, 0),
+                          grad=_has_order(self.test_leaves, 1))
+        self.value_shape = self.test.value_shape
+        self._probe_names = {}
+        for k, leaf in enumerate(self.test_leaves):
+            self.register_buffer(f"probe{k}", self._probe(leaf), persistent=False)
+            self._probe_names[leaf] = f"probe{k}"
+        self.tape = Tape(integrand, lambda leaf: self._static_leaf(leaf, u), describe)
+
+    def _probe(self, leaf):
+        """The test function as unit vectors, one per (component, slot) pair: evaluating the
+        (linear in v) integrand on them gives the coefficients of every test basis slot."""
+        n, slots = self.test.n_comp, self.test.slots
+        order = analyse_modified_terminal(leaf).local_derivatives
+        probe = torch.zeros(n, len(slots), n, *((self.tdim,) if order else ()), dtype=torch.float64)
+        for i in range(n):
+            for a, slot in enumerate(slots):
+                if order == 0 and slot is None:
+                    probe[i, a, i] = 1.0
+                elif order == 1 and slot is not None:
+                    probe[i, a, i, slot] = 1.0
+        extra = (self.tdim,) if order else ()
+        return probe.reshape(n * len(slots), 1, 1, 1, *self.value_shape, *extra)
+
+    def _static_leaf(self, leaf, u):
+        mt = analyse_modified_terminal(leaf)
+        t = mt.terminal
+        if mt.restriction is not None or mt.local_derivatives > 1:
+            raise UnsupportedUFLError(f"unsupported modified terminal {leaf}")
+        if isinstance(t, (uc.Argument, uc.Constant, Constant)) or t == u:
+            return None
+        if isinstance(t, uc.Coefficient):
+            return self._evaluate_static(t, t.function_space(), mt.local_derivatives)
+        if isinstance(t, uc.SpatialCoordinate):
+            X = t.ufl_domain().coordinates
+            return self._evaluate_static(X, X.function_space(), mt.local_derivatives)
+        if isinstance(t, uc.QuadratureWeight):
+            return torch.as_tensor(_weights(self.rule)).reshape(1, 1, 1, -1)
+        if isinstance(t, (uc.CellVertices, uc.CellEdgeVectors)):
+            X = t.ufl_domain().coordinates
+            cell = as_fiat_cell(t.ufl_domain().ufl_cell())
+            basis = Basis(X.function_space(), self._cells, np.asarray(cell.get_vertices(), dtype=float), grad=False)
+            vertices = basis.evaluate(_flat(X)[None])[0, :, 0]                  # (C, n_vertices, gdim)
+            if isinstance(t, uc.CellEdgeVectors):     # as TSFC: x[a] - x[b] for each edge (a, b)
+                a, b = np.array([edge for _, edge in sorted(cell.get_topology()[1].items())]).T
+                vertices = vertices[:, a] - vertices[:, b]
+            return vertices.reshape(1, 1, -1, 1, *vertices.shape[1:])
+        if isinstance(t, uc.CellVolume):
+            mesh = t.ufl_domain()
+            DG0 = FunctionSpace(mesh, "DG", 0)
+            volumes = assemble(TestFunction(DG0) * dx(domain=mesh)).dat.data_ro
+            nodes = np.asarray(DG0.cell_node_list)[self._cells, 0]
+            return torch.as_tensor(volumes[nodes]).reshape(1, 1, -1, 1)
+        if isinstance(t, uc.ReferenceCellVolume):
+            return torch.tensor(as_fiat_cell(t.ufl_domain().ufl_cell()).volume(),
+                                dtype=torch.float64).reshape((1,) * PREFIX)
+        raise UnsupportedUFLError(f"no torch translation for the UFL terminal {type(t).__name__}")
+
+    def _evaluate_static(self, f, W, order):
+        """A fixed Function's values (order 0) or reference gradients (order 1) at the points."""
+        basis = Basis(W, self._cells, self._points, value=order == 0, grad=order == 1)
+        return _leaf_layout(basis.evaluate(_flat(f)[None]), order, basis.value_shape)
+
+    def forward(self, U, constants):
+        leaves = dict(constants)
+        if self.state_leaves:
+            at_points = self.trial.evaluate(U)
+            start = 0
+            for order, leaves_of_order in self._state_by_order.items():
+                width = 1 if order == 0 else self.tdim
+                value = _leaf_layout(at_points[:, :, start:start + width], order, self.value_shape)
+                leaves.update((leaf, value) for leaf in leaves_of_order)
+                start += width
+        for leaf, name in self._probe_names.items():
+            leaves[leaf] = getattr(self, name)
+        integrand = self.tape(leaves)
+        n, A = self.test.n_comp, len(self.test.slots)
+        B, C, Q = U.shape[0], self.test.n_cells, self.test.n_points
+        integrand = integrand.expand(n * A, B, C, Q).reshape(n, A, B, C, Q)
+        return self.test.integrate(integrand)
+
+
+def _flat(f):
+    """A Function's dofs as one float64 tensor, in the order of ``Function.dat``."""
+    return torch.as_tensor(np.concatenate([d.data_ro.reshape(-1) for d in f.dat]))
+
+
+def _weights(rule):
+    """Quadrature weights in the order of ``rule.point_set.points`` (tensor-product rules
+    included)."""
+    factors = getattr(rule, "factors", None)
+    if factors is None:
+        return np.asarray(rule.weights, dtype=float)
+    weights = np.ones(())
+    for factor in factors:
+        weights = np.multiply.outer(weights, _weights(factor))
+    return weights.ravel()
+
+
+def _leaf_layout(at_points, order, value_shape):
+    """``(B, C, A, Q, n_comp)`` from :meth:`Basis.evaluate` to the tape's leaf layout:
+    ``(1, B, C, Q, *value_shape)`` for values, ``(1, B, C, Q, *value_shape, tdim)`` for
+    reference gradients."""
+    B, C, A, Q, _ = at_points.shape
+    if order == 0:
+        return at_points[:, :, 0].reshape(1, B, C, Q, *value_shape)
+    return at_points.permute(0, 1, 3, 4, 2).reshape(1, B, C, Q, *value_shape, A)
+
+
+def _terminal(leaf):
+    return analyse_modified_terminal(leaf).terminal
+
+
+def _has_order(leaves, order):
+    return any(analyse_modified_terminal(leaf).local_derivatives == order for leaf in leaves)
+
+
+def _quadrature_rule(mesh, metadata):
+    """The rule TSFC picks for a cell integral with this metadata (see its ``set_quad_rule``)."""
+    degree = metadata.get("quadrature_degree", "auto")
+    if degree in ("auto", "default", None, -1, "-1"):
+        degree = metadata["estimated_polynomial_degree"]
+    rule = metadata.get("quadrature_rule", "default")
+    if rule in ("auto", None):
+        rule = "default"
+    if not isinstance(rule, str):
+        return rule
+    cell = as_fiat_cell(mesh.ufl_cell())
+    return get_quadrature_rule(cell, cell.get_dimension(), degree, rule)
+
+
+def _cells_by_subdomain(integral_data):
+    """Cells of each cell integral's subdomain; 'otherwise' is every cell in no numbered one."""
+    def ids(itg_data):
+        sid = itg_data.subdomain_id
+        return sid if isinstance(sid, tuple) else (sid,)
+
+    def marked(mesh, numbers):
+        return np.unique(np.concatenate([[]] + [mesh.cell_subset(int(i)).indices for i in numbers]))
+
+    numbered = {i for d in integral_data for i in ids(d) if isinstance(i, (int, np.integer))}
+    cells = {}
+    for d in integral_data:
+        mesh = d.domain
+        if any(i in ("otherwise", "everywhere") for i in ids(d)):
+            cells[d.subdomain_id] = np.setdiff1d(np.arange(mesh.cell_set.size), marked(mesh, numbered)).astype(np.int64)
+        else:
+            cells[d.subdomain_id] = marked(mesh, ids(d)).astype(np.int64)
+    return cells
+
+
+def _check_form(F, V):
+    if not isinstance(F, ufl.Form):
+        raise TypeError(f"expected a UFL Form, not {type(F).__name__}")
+    arguments = F.arguments()
+    if len(arguments) != 1:
+        raise ValueError(f"the residual must be a 1-form (linear in one test function); "
+                         f"this form has {len(arguments)} arguments")
+    (v,) = arguments
+    if v.function_space() != V:
+        raise ValueError(f"mismatched function spaces: the test function lives in "
+                         f"{v.function_space()}, the state in {V}")
+
+
+def _check_input(U, size, like):
+    if U.dim() != 2 or U.shape[1] != size:
+        raise ValueError(f"expected a batch of states of shape (B, {size}), got {tuple(U.shape)}")
+    if U.device != like.device or U.dtype != like.dtype:
+        raise ValueError(f"states are {U.dtype} on {U.device} but the operator is {like.dtype} on "
+                         f"{like.device}; move one of them with .to(...)")
+
+
+def _describe(F, itg_data):
+    """The user's own terms behind an integral data, for error messages."""
+    terms = [str(itg.integrand()) for itg in F.integrals()
+             if itg.integral_type() == itg_data.integral_type]
+    return (f"the {itg_data.integral_type} integral over subdomain {itg_data.subdomain_id}, "
+            f"from the form's term(s) {_short(' + '.join(terms))}")
+
+
+def _short(expr, n=160):
+    s = str(expr)
+    return s if len(s) <= n else s[:n] + " ..."

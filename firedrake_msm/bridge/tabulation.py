@@ -1,0 +1,171 @@
+"""Element restriction and reference-element tabulation: the matrix-free building blocks.
+
+As in libCEED and MFEM's partial assembly, a space's action on a set of cells is split into
+
+- the *element restriction*: gather each cell's dofs from the global vector (``U[:, dofs]``),
+- the *basis*: one small dense matrix per reference element holding basis values and reference
+  derivatives at the quadrature points, shared by every cell,
+
+so that evaluating a batch of fields at all quadrature points, and its transpose, are dense
+matrix products followed by a scatter-add. Geometry (the Jacobian) never enters here: it is part
+of the pointwise integrand, exactly as in the TSFC kernels this reproduces.
+
+Firedrake stays the source of truth: the dof maps are ``FunctionSpace.cell_node_list``, the
+elements are the spaces' own FIAT elements, the quadrature rules FInAT's.
+"""
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from finat.tensorfiniteelement import TensorFiniteElement
+
+
+@dataclass
+class ComponentGroup:
+    """Components of a space's reference value that share one scalar reference element.
+
+    Attributes
+    ----------
+    element : FIAT.FiniteElement
+        The scalar reference element.
+    dofs : numpy.ndarray
+        ``(n_cells, block_size, n_basis)`` positions of each cell's dofs in the flat vector.
+    components : slice
+        The group's components in the flattened reference value.
+    """
+    element: object
+    dofs: np.ndarray
+    components: slice
+
+    @property
+    def block_size(self):
+        return self.dofs.shape[1]
+
+
+def component_groups(V):
+    """Split a (possibly mixed, vector- or tensor-valued) Firedrake space into component groups.
+
+    The flat dof vector is the concatenation of the subspaces' data, each stored node-major with
+    the block components interleaved, as ``Function.dat`` holds it.
+
+    Returns
+    -------
+    groups : list of ComponentGroup
+    size : int
+        Length of the flat vector.
+    """
+    groups, offset, first = [], 0, 0
+    for Vk in V.subspaces:
+        element = Vk.finat_element
+        if isinstance(element, TensorFiniteElement):
+            element = element.base_element
+        if element.value_shape != ():
+            raise NotImplementedError(
+                f"the torch bridge supports spaces built from scalar elements (with vector, tensor "
+                f"or mixed blocks), not the {Vk.ufl_element()} element of {Vk}")
+        bs = Vk.block_size
+        nodes = np.asarray(Vk.cell_node_list)
+        dofs = offset + nodes[:, None, :] * bs + np.arange(bs)[None, :, None]
+        groups.append(ComponentGroup(element.fiat_equivalent, dofs, slice(first, first + bs)))
+        offset += Vk.node_set.size * bs
+        first += bs
+    return groups, offset
+
+
+def tabulate(element, points, slots):
+    """Reference basis functions at ``points``: ``(len(slots), n_points, n_basis)``.
+
+    ``slots`` lists what to tabulate: ``None`` for values, ``k`` for the k-th reference derivative.
+    """
+    tdim = points.shape[1]
+    table = element.tabulate(1 if any(s is not None for s in slots) else 0, points)
+    keys = [tuple(int(j == s) for j in range(tdim)) for s in slots]
+    return np.stack([table[key].T for key in keys])
+
+
+def slots_for(value, grad, tdim):
+    """The tabulation slots for evaluating values and/or reference gradients."""
+    return ([None] if value else []) + (list(range(tdim)) if grad else [])
+
+
+class Basis(torch.nn.Module):
+    """A space's dofs on a set of cells, evaluated at reference points.
+
+    Parameters
+    ----------
+    V : firedrake.FunctionSpace
+        The space (mixed, vector and tensor spaces of scalar elements included).
+    cells : numpy.ndarray
+        The cells (indices into ``V.cell_node_list``) to act on.
+    points : numpy.ndarray
+        ``(Q, tdim)`` reference points, usually a quadrature rule's.
+    value, grad : bool
+        Whether values and/or reference gradients are tabulated.
+
+    The reference value of the space is flattened to ``n_comp`` components (its shape is
+    :attr:`value_shape`); ``tdim`` is the topological dimension.
+    """
+
+    def __init__(self, V, cells, points, value=True, grad=True):
+        super().__init__()
+        groups, self.size = component_groups(V)
+        self.tdim = points.shape[1]
+        self.slots = slots_for(value, grad, self.tdim)
+        self.n_points = points.shape[0]
+        self.value_shape = V.ufl_element().reference_value_shape
+        self.n_comp = groups[-1].components.stop
+        self.components = [g.components for g in groups]
+        self.block_sizes = [g.block_size for g in groups]
+        for k, g in enumerate(groups):
+            table = tabulate(g.element, points, self.slots)        # (A, Q, nd)
+            self.register_buffer(f"table{k}", torch.as_tensor(table.reshape(-1, table.shape[-1])),
+                                 persistent=False)
+            self.register_buffer(f"dofs{k}", torch.as_tensor(g.dofs[cells].reshape(-1)), persistent=False)
+        self.n_cells = len(cells)
+
+    def _groups(self):
+        for k, (components, bs) in enumerate(zip(self.components, self.block_sizes)):
+            yield components, bs, getattr(self, f"table{k}"), getattr(self, f"dofs{k}")
+
+    def evaluate(self, U):
+        r"""Values and reference gradients of the batch ``U`` at every cell's points.
+
+        Parameters
+        ----------
+        U : torch.Tensor
+            ``(B, size)`` flat dof vectors.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(B, C, A, Q, n_comp)``: for each slot a (value, or reference derivative
+            :math:`\partial/\partial X_k`), the flattened reference-value components.
+        """
+        B, C, A, Q = U.shape[0], self.n_cells, len(self.slots), self.n_points
+        parts = []
+        for _, bs, table, dofs in self._groups():
+            local = U[:, dofs].view(B * C * bs, -1)                 # element restriction
+            at_points = (local @ table.T).view(B, C, bs, A, Q)      # basis
+            parts.append(at_points.permute(0, 1, 3, 4, 2))
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
+
+    def integrate(self, integrand):
+        r"""The transpose of :meth:`evaluate`: sum ``integrand`` against the basis, scatter-add.
+
+        Parameters
+        ----------
+        integrand : torch.Tensor
+            ``(n_comp, A, B, C, Q)`` pointwise coefficients of the test basis values and reference
+            derivatives (quadrature weights and geometry already applied).
+
+        Returns
+        -------
+        torch.Tensor
+            ``(B, size)``.
+        """
+        _, A, B, C, Q = integrand.shape
+        out = integrand.new_zeros(B, self.size)
+        for components, bs, table, dofs in self._groups():
+            local = integrand[components].permute(2, 3, 0, 1, 4).reshape(B * C * bs, A * Q) @ table
+            out.index_add_(1, dofs, local.view(B, -1))
+        return out

@@ -1,0 +1,306 @@
+"""The torch bridge against Firedrake's own assembly."""
+import numpy as np
+import pytest
+import torch
+from firedrake import (COMM_SELF, Form, CellDiameter, CellVolume, Constant, DirichletBC, Function,
+                       FunctionSpace, Mesh, PeriodicIntervalMesh, SpatialCoordinate, TestFunction,
+                       TestFunctions, TensorFunctionSpace, UnitCubeMesh, UnitSquareMesh,
+                       VectorFunctionSpace, action, as_vector, assemble, avg, bessel_J, conditional,
+                       cos, derivative, div, dot, dS, ds, dx, exp, grad, gt, inner, jump, max_value,
+                       nabla_grad, split, sqrt, sym, tanh, tr)
+
+from firedrake_msm.bridge import MassOperator, PhysicsDrift, ResidualOperator, UnsupportedUFLError
+
+BATCH = 16
+
+
+def flat(f):
+    """The flat dof vector of a Function, as the bridge orders it."""
+    return np.concatenate([d.data_ro.reshape(-1) for d in f.dat])
+
+
+def assign(f, vector):
+    offset = 0
+    for d in f.dat:
+        n = d.data_ro.size
+        d.data[:] = vector[offset:offset + n].reshape(d.data_ro.shape)
+        offset += n
+
+
+def random_states(V, batch=BATCH, scale=0.5, seed=0):
+    return scale * torch.randn(batch, V.dim(), dtype=torch.float64,
+                               generator=torch.Generator().manual_seed(seed))
+
+
+def assembled(F, u, U):
+    out = []
+    for state in U.numpy():
+        assign(u, state)
+        out.append(flat(assemble(F)))
+    return np.array(out)
+
+
+def max_relative_error(a, b):
+    a, b = np.asarray(a), np.asarray(b)
+    return float((np.abs(a - b).max(axis=1) / np.abs(b).max(axis=1)).max())
+
+
+def burgers_1d(degree=2):
+    V = FunctionSpace(PeriodicIntervalMesh(12, 1.0), "CG", degree)
+    u, v = Function(V), TestFunction(V)
+    return (u * u.dx(0) * v + Constant(0.01) * u.dx(0) * v.dx(0)) * dx, u
+
+
+def burgers_2d(degree=1, quadrilateral=False):
+    V = FunctionSpace(UnitSquareMesh(5, 4, quadrilateral=quadrilateral), "CG", degree)
+    u, v = Function(V), TestFunction(V)
+    return (u * (u.dx(0) + u.dx(1)) * v + Constant(0.005) * inner(grad(u), grad(v))) * dx, u
+
+
+def advection_diffusion():
+    mesh = UnitSquareMesh(6, 6)
+    x, y = SpatialCoordinate(mesh)
+    V = FunctionSpace(mesh, "CG", 2)
+    kappa = Function(FunctionSpace(mesh, "CG", 1)).interpolate(0.01 + 0.1 * x * y)
+    u, v = Function(V), TestFunction(V)
+    b = as_vector((0.5 - y, x - 0.5))
+    return (dot(b, grad(u)) * v + kappa * inner(grad(u), grad(v))) * dx, u
+
+
+def nonlinear_diffusion_3d():
+    V = FunctionSpace(UnitCubeMesh(2, 2, 2), "CG", 2)
+    u, v = Function(V), TestFunction(V)
+    return ((1 + u**2) * inner(grad(u), grad(v)) + tanh(u) * v) * dx, u
+
+
+def nonlinear_diffusion_cubic():
+    V = FunctionSpace(UnitSquareMesh(3, 3), "CG", 3)
+    u, v = Function(V), TestFunction(V)
+    return (1 + u**2) * inner(grad(u), grad(v)) * dx, u
+
+
+def reaction():
+    V = FunctionSpace(UnitSquareMesh(4, 4, quadrilateral=True), "CG", 3)
+    u, v = Function(V), TestFunction(V)
+    x, y = SpatialCoordinate(V.mesh())
+    return (exp(u) * v - cos(x + y) * v + abs(u) * sqrt(1 + u**2) * v) * dx, u
+
+
+def navier_stokes(meshes_dir):
+    mesh = Mesh(str(meshes_dir / "cylinder_coarse.msh"), comm=COMM_SELF)
+    W = VectorFunctionSpace(mesh, "CG", 2) * FunctionSpace(mesh, "CG", 1)
+    w = Function(W)
+    u, p = split(w)
+    v, q = TestFunctions(W)
+    nu = Constant(1e-3)
+    F = (inner(dot(grad(u), u), v) + 2 * nu * inner(sym(grad(u)), sym(grad(v)))
+         - p * div(v) + q * div(u)) * dx
+    return F, w
+
+
+def smagorinsky():
+    mesh = UnitSquareMesh(4, 4)
+    V = VectorFunctionSpace(mesh, "CG", 2)
+    u, v = Function(V), TestFunction(V)
+    S = sym(grad(u))
+    nu_t = (Constant(0.17) * CellDiameter(mesh))**2 * sqrt(2 * inner(S, S) + 1e-12)
+    h2 = CellVolume(mesh)
+    F = (inner(dot(u, nabla_grad(u)), v) + 2 * (1e-3 + nu_t) * inner(S, sym(grad(v)))
+         + max_value(tr(S), 0) * h2 * inner(u, v)
+         + conditional(gt(u[0], 0), 1.0, -1.0) * u[1] * v[0]) * dx
+    return F, u
+
+
+def tensor_valued():
+    mesh = UnitSquareMesh(3, 3)
+    T = TensorFunctionSpace(mesh, "CG", 1)
+    sigma, tau = Function(T), TestFunction(T)
+    return (inner(dot(sigma, sigma), tau) + tr(sigma) * tr(tau) + inner(div(sigma), div(tau))) * dx, sigma
+
+
+def subdomains(meshes_dir):
+    mesh = Mesh(str(meshes_dir / "unit_square.msh"), comm=COMM_SELF)
+    V = FunctionSpace(mesh, "CG", 1)
+    u, v = Function(V), TestFunction(V)
+    return u**3 * v * dx(5) + inner(grad(u), grad(v)) * dx, u
+
+
+CASES = {
+    "burgers_1d": burgers_1d,
+    "burgers_2d_p1": burgers_2d,
+    "burgers_2d_q2": lambda: burgers_2d(2, quadrilateral=True),
+    "advection_diffusion": advection_diffusion,
+    "nonlinear_diffusion_3d": nonlinear_diffusion_3d,
+    "nonlinear_diffusion_p3": nonlinear_diffusion_cubic,
+    "reaction_q3": reaction,
+    "smagorinsky": smagorinsky,
+    "tensor_valued": tensor_valued,
+}
+
+
+@pytest.fixture(params=list(CASES) + ["navier_stokes", "subdomains"])
+def case(request, meshes_dir):
+    if request.param == "navier_stokes":
+        return navier_stokes(meshes_dir)
+    if request.param == "subdomains":
+        return subdomains(meshes_dir)
+    return CASES[request.param]()
+
+
+def test_residual_matches_assemble(case):
+    F, u = case
+    op = ResidualOperator(F, u)
+    U = random_states(u.function_space())
+    error = max_relative_error(op(U).numpy(), assembled(F, u, U))
+    assert error <= 1e-12, error
+
+
+def with_degree(F, degree):
+    """F integrated with one fixed quadrature degree: UFL estimates different degrees for a
+    non-polynomial residual and its Jacobian, which would compare two different discretisations."""
+    return Form([itg.reconstruct(metadata={"quadrature_degree": degree}) for itg in F.integrals()])
+
+
+def test_jvp_matches_assembled_jacobian(case):
+    F, u = case
+    F = with_degree(F, 6)
+    V = u.function_space()
+    op = ResidualOperator(F, u)
+    U = random_states(V, batch=4)
+    W = random_states(V, batch=4, seed=1)
+    _, jvp = torch.func.jvp(op, (U,), (W,))
+    w = Function(V)
+    expected = []
+    for state, direction in zip(U.numpy(), W.numpy()):
+        assign(u, state)
+        assign(w, direction)
+        expected.append(flat(assemble(action(derivative(F, u), w))))
+    assert max_relative_error(jvp.numpy(), expected) <= 1e-10
+
+
+def test_float32_agrees_with_float64():
+    F, u = burgers_2d(2)
+    U = random_states(u.function_space())
+    exact = ResidualOperator(F, u)(U)
+    single = ResidualOperator(F, u, dtype=torch.float32)(U.float())
+    assert single.dtype == torch.float32
+    assert max_relative_error(single.double().numpy(), exact.numpy()) < 1e-5
+
+
+def test_wrong_device_or_dtype_is_an_error():
+    F, u = burgers_1d()
+    op = ResidualOperator(F, u)
+    with pytest.raises(ValueError, match="float32"):
+        op(random_states(u.function_space()).float())
+    with pytest.raises(ValueError, match="shape"):
+        op(torch.zeros(3, 5, dtype=torch.float64))
+
+
+def test_constants_are_live_and_parameters_learnable():
+    V = FunctionSpace(UnitSquareMesh(4, 4), "CG", 1)
+    u, v = Function(V), TestFunction(V)
+    nu, c = Constant(0.1), Constant(2.0)
+    F = (nu * inner(grad(u), grad(v)) + c * u**2 * v) * dx
+    U = random_states(V)
+    op = ResidualOperator(F, u)
+    before = op(U)
+    nu.assign(0.2)
+    assert max_relative_error(op(U).numpy(), assembled(F, u, U)) <= 1e-12
+    assert not torch.allclose(before, op(U))
+
+    theta = torch.nn.Parameter(torch.tensor(0.3, dtype=torch.float64))
+    learnable = ResidualOperator(F, u, parameters={nu: theta})
+    assert any(p is theta for p in learnable.parameters())
+    learnable(U).sum().backward()
+    nu.assign(1.0)
+    c.assign(0.0)
+    expected = assembled(F, u, U).sum()   # dR/dnu: the residual is linear in nu
+    assert np.isclose(theta.grad.item(), expected, rtol=1e-12)
+
+
+@pytest.mark.parametrize("form", ["bessel", "ds", "dS"])
+def test_unsupported_ufl_is_a_clear_error(form):
+    mesh = UnitSquareMesh(2, 2)
+    V = FunctionSpace(mesh, "DG" if form == "dS" else "CG", 1)
+    u, v = Function(V), TestFunction(V)
+    F = {"bessel": bessel_J(1, u) * v * dx,
+         "ds": u * v * ds,
+         "dS": jump(u) * avg(v) * dS + u * v * dx}[form]
+    with pytest.raises(UnsupportedUFLError, match={"bessel": "bessel|Bessel", "ds": "exterior_facet",
+                                                   "dS": "interior_facet"}[form]):
+        ResidualOperator(F, u)
+
+
+def test_mismatched_spaces_are_an_error():
+    mesh = UnitSquareMesh(2, 2)
+    u = Function(FunctionSpace(mesh, "CG", 1))
+    v = TestFunction(FunctionSpace(mesh, "CG", 2))
+    with pytest.raises(ValueError, match="mismatched function spaces"):
+        ResidualOperator(u * v * dx, u)
+
+
+@pytest.mark.parametrize("family,degree,quadrilateral", [("CG", 1, False), ("CG", 2, True),
+                                                         ("DG", 2, False), ("CG", 3, False)])
+def test_mass_inverse(family, degree, quadrilateral):
+    V = VectorFunctionSpace(UnitSquareMesh(5, 5, quadrilateral=quadrilateral), family, degree)
+    M = MassOperator(V)
+    X = random_states(V)
+    assert np.abs((M.solve(M(X)) - X).numpy()).max() <= 1e-10
+    v = TestFunction(V)
+    f = Function(V)
+    assign(f, X[0].numpy())
+    assert np.allclose(M(X)[0].numpy(), flat(assemble(inner(f, v) * dx)), rtol=0, atol=1e-14)
+
+
+def test_mass_cg_and_lumped():
+    mesh = UnitSquareMesh(8, 8)
+    V = FunctionSpace(mesh, "CG", 2)
+    X = random_states(V)
+    cg = MassOperator(V, dense_limit=0)
+    assert cg.solver == "cg"
+    assert np.abs((cg.solve(cg(X)) - X).numpy()).max() <= 1e-10
+    # Lumping is exact on constants and, for smooth fields, close to the consistent mass.
+    x, y = SpatialCoordinate(mesh)
+    smooth = torch.as_tensor(flat(Function(V).interpolate(cos(x) * exp(y))))[None]
+    lumped = MassOperator(V, "lumped")
+    ones = torch.ones(1, V.dim(), dtype=torch.float64)
+    assert np.allclose(lumped.solve(cg(ones)).numpy(), 1.0, atol=1e-12)
+    assert torch.all(lumped.diag > 0)
+    error = (lumped.solve(cg(smooth)) - smooth).norm() / smooth.norm()
+    assert error < 0.05
+
+
+def test_drift_holds_dirichlet_values(meshes_dir):
+    mesh = Mesh(str(meshes_dir / "unit_square.msh"), comm=COMM_SELF)
+    V = FunctionSpace(mesh, "CG", 2)
+    u, v = Function(V), TestFunction(V)
+    F = (u * (u.dx(0) + u.dx(1)) * v + Constant(0.01) * inner(grad(u), grad(v))) * dx
+    bcs = [DirichletBC(V, 0.0, (1, 3)), DirichletBC(V, 1.0, 4)]
+    drift = PhysicsDrift(F, u, bcs)
+    U = drift.apply_bcs(random_states(V))
+    dU = drift(0.0, U)
+    assert torch.all(dU[:, drift.bc_dofs] == 0)
+    assert torch.all(U[:, drift.bc_dofs] == drift.bc_values)
+    # Free rows: M dU = -F on the interior, checked against Firedrake's assembled residual.
+    R = torch.as_tensor(assembled(F, u, U))
+    MdU = MassOperator(V)(dU)
+    free = np.setdiff1d(np.arange(V.dim()), drift.bc_dofs.numpy())
+    assert torch.allclose(MdU[:, free], -R[:, free], rtol=1e-10, atol=1e-12)
+
+    # Time-dependent data in torch: the boundary dofs move at dg/dt.
+    n = len(drift.bc_dofs)
+    moving = PhysicsDrift(F, u, bcs, boundary_values=lambda t: torch.sin(t) * torch.ones(n, dtype=torch.float64))
+    t = torch.tensor(0.3, dtype=torch.float64)
+    dU = moving(t, moving.apply_bcs(U, t))
+    assert torch.allclose(dU[:, moving.bc_dofs], torch.cos(t).expand(BATCH, n))
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA is not available")
+def test_cuda_matches_cpu():
+    F, u = burgers_2d(2)
+    U = random_states(u.function_space())
+    cpu = ResidualOperator(F, u)(U)
+    gpu = ResidualOperator(F, u, device="cuda")(U.cuda())
+    assert gpu.device.type == "cuda"
+    assert max_relative_error(gpu.cpu().numpy(), cpu.numpy()) <= 1e-12
