@@ -46,7 +46,7 @@ class MassOperator(torch.nn.Module):
         M = sp.csr_matrix(petsc.getValuesCSR()[::-1], shape=petsc.getSize())
         fixed = bc_dofs(V, bcs)
         M = _constrain(M, fixed)
-        self.register_buffer("matrix", _to_torch_csr(M), persistent=False)
+        self.register_buffer("matrix", _to_torch_sparse(M), persistent=False)
         self.rtol = rtol
         dofs = np.concatenate([g.dofs.reshape(len(g.dofs), -1) for g in groups], axis=1)
         if method == "lumped":
@@ -57,7 +57,9 @@ class MassOperator(torch.nn.Module):
             self.register_buffer("diag", torch.as_tensor(diag), persistent=False)
             self.solver = "lumped"
         elif np.bincount(dofs.ravel(), minlength=self.size).max() == 1:
-            blocks = np.asarray(M[dofs[:, :, None], dofs[:, None, :]])
+            rows = np.repeat(dofs, dofs.shape[1], axis=1).ravel()
+            cols = np.tile(dofs, (1, dofs.shape[1])).ravel()
+            blocks = np.asarray(M[rows, cols]).reshape(len(dofs), dofs.shape[1], dofs.shape[1])
             self.register_buffer("block_inverse", torch.linalg.inv(torch.as_tensor(blocks)), persistent=False)
             self.register_buffer("cell_dofs", torch.as_tensor(dofs), persistent=False)
             self.solver = "block"
@@ -169,7 +171,8 @@ def _hrz_factor(element, mesh):
     return float((weights[:, None] * values**2).sum() / weights.sum())
 
 
-def _to_torch_csr(M):
-    return torch.sparse_csr_tensor(torch.as_tensor(M.indptr, dtype=torch.int64),
-                                   torch.as_tensor(M.indices, dtype=torch.int64),
-                                   torch.as_tensor(M.data), size=M.shape)
+def _to_torch_sparse(M):
+    M = M.tocoo()
+    indices = torch.as_tensor(np.vstack([M.row, M.col]), dtype=torch.int64)
+    return torch.sparse_coo_tensor(indices, torch.as_tensor(M.data), size=M.shape,
+                                   check_invariants=False).coalesce()

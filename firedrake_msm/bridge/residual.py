@@ -3,6 +3,10 @@ import numpy as np
 import torch
 import ufl
 import ufl.classes as uc
+from ufl.algorithms.apply_derivatives import apply_derivatives
+from ufl.corealg.map_dag import map_expr_dag
+from ufl.corealg.multifunction import MultiFunction
+from ufl.domain import extract_unique_domain
 from firedrake import Constant, FunctionSpace, TestFunction, assemble, dx
 from finat.element_factory import as_fiat_cell
 from tsfc.fem import get_quadrature_rule
@@ -91,8 +95,8 @@ class ResidualOperator(torch.nn.Module):
                     raise UnsupportedUFLError(
                         f"{itg_data.integral_type} integrals (ds, dS) are not supported by the torch "
                         f"bridge; found {describe}")
-                self.terms.append(_CellTerm(integral, V, u, cells[itg_data.subdomain_id], originals,
-                                             describe))
+                term = _CellTerm(integral, V, u, cells[itg_data.subdomain_id], originals, describe)
+                self.terms.append(term)
         self.constants = sorted({leaf for term in self.terms for leaf in term.constants},
                                 key=lambda c: c.count())
         self.to(device=device, dtype=dtype)
@@ -103,7 +107,7 @@ class ResidualOperator(torch.nn.Module):
             if c in self._bound:
                 value = getattr(self, self._bound[c])
             else:
-                value = torch.as_tensor(np.asarray(c.dat.data_ro), dtype=like.dtype, device=like.device)
+                value = torch.as_tensor(np.array(c.dat.data_ro), dtype=like.dtype, device=like.device)
             values[c] = value.reshape((1,) * PREFIX + c.ufl_shape)
         return values
 
@@ -115,104 +119,122 @@ class ResidualOperator(torch.nn.Module):
 
 
 class _CellTerm(torch.nn.Module):
-    """One cell integral with one quadrature rule: tabulations, static geometry and the tape."""
+    r"""One cell integral with one quadrature rule.
+
+    The integrand is linear in the test function's reference value :math:`\hat v` and gradient
+    :math:`\hat\nabla\hat v`, so UFL differentiates it into their coefficients
+
+    .. math:: I = s\cdot\hat v + g : \hat\nabla\hat v,\qquad
+              s = \partial I/\partial\hat v,\quad g = \partial I/\partial(\hat\nabla\hat v),
+
+    which no longer involve the test function: the tape evaluates them once per point, and the
+    test basis' tabulation applies the transpose.
+    """
 
     def __init__(self, integral, V, u, cells, originals, describe):
         super().__init__()
-        self.rule = _quadrature_rule(u.ufl_domain(), integral.metadata())
+        self.rule = _quadrature_rule(extract_unique_domain(u), integral.metadata())
         points = np.asarray(self.rule.point_set.points, dtype=float)
         self.tdim = points.shape[1]
         self._cells, self._points = cells, points
         integrand = ufl.replace(integral.integrand(), originals)
         leaves = integrand_leaves(integrand)
         self.constants = [leaf for leaf in leaves if isinstance(leaf, (uc.Constant, Constant))]
-        self.state_leaves = [leaf for leaf in leaves if _terminal(leaf) == u]
-        self.test_leaves = [leaf for leaf in leaves if isinstance(_terminal(leaf), uc.Argument)]
-        self._state_by_order = {order: [leaf for leaf in self.state_leaves
-                                        if analyse_modified_terminal(leaf).local_derivatives == order]
-                                for order in (0, 1) if _has_order(self.state_leaves, order)}
-        self.trial = Basis(V, cells, points, value=_has_order(self.state_leaves, 0),
-                           grad=_has_order(self.state_leaves, 1))
-        self.test = Basis(V, cells, points, value=_has_order(self.test_leaves, 0),
-                          grad=_has_order(self.test_leaves, 1))
+        state_leaves = [leaf for leaf in leaves if _terminal(leaf) == u]
+        self._state_by_order = {order: [leaf for leaf in state_leaves if _order(leaf) == order]
+                                for order in (0, 1) if any(_order(leaf) == order for leaf in state_leaves)}
+        test_leaves = {_order(leaf): leaf for leaf in leaves if isinstance(_terminal(leaf), uc.Argument)}
+        self.test_orders = sorted(test_leaves)
+        self.trial = Basis(V, cells, points, value=0 in self._state_by_order, grad=1 in self._state_by_order)
+        self.test = Basis(V, cells, points, value=0 in test_leaves, grad=1 in test_leaves)
         self.value_shape = self.test.value_shape
-        self._probe_names = {}
-        for k, leaf in enumerate(self.test_leaves):
-            self.register_buffer(f"probe{k}", self._probe(leaf), persistent=False)
-            self._probe_names[leaf] = f"probe{k}"
-        self.tape = Tape(integrand, lambda leaf: self._static_leaf(leaf, u), describe)
-
-    def _probe(self, leaf):
-        """The test function as unit vectors, one per (component, slot) pair: evaluating the
-        (linear in v) integrand on them gives the coefficients of every test basis slot."""
-        n, slots = self.test.n_comp, self.test.slots
-        order = analyse_modified_terminal(leaf).local_derivatives
-        probe = torch.zeros(n, len(slots), n, *((self.tdim,) if order else ()), dtype=torch.float64)
-        for i in range(n):
-            for a, slot in enumerate(slots):
-                if order == 0 and slot is None:
-                    probe[i, a, i] = 1.0
-                elif order == 1 and slot is not None:
-                    probe[i, a, i, slot] = 1.0
-        extra = (self.tdim,) if order else ()
-        return probe.reshape(n * len(slots), 1, 1, 1, *self.value_shape, *extra)
+        self.tape = Tape(_test_coefficients(integrand, test_leaves, describe),
+                         lambda leaf: self._static_leaf(leaf, u), describe)
 
     def _static_leaf(self, leaf, u):
         mt = analyse_modified_terminal(leaf)
         t = mt.terminal
         if mt.restriction is not None or mt.local_derivatives > 1:
             raise UnsupportedUFLError(f"unsupported modified terminal {leaf}")
-        if isinstance(t, (uc.Argument, uc.Constant, Constant)) or t == u:
+        if isinstance(t, (uc.Constant, Constant)) or t == u:
             return None
         if isinstance(t, uc.Coefficient):
             return self._evaluate_static(t, t.function_space(), mt.local_derivatives)
         if isinstance(t, uc.SpatialCoordinate):
-            X = t.ufl_domain().coordinates
+            X = extract_unique_domain(t).coordinates
             return self._evaluate_static(X, X.function_space(), mt.local_derivatives)
         if isinstance(t, uc.QuadratureWeight):
-            return torch.as_tensor(_weights(self.rule)).reshape(1, 1, 1, -1)
+            return torch.as_tensor(_weights(self.rule)).reshape(1, 1, -1)
         if isinstance(t, (uc.CellVertices, uc.CellEdgeVectors)):
-            X = t.ufl_domain().coordinates
-            cell = as_fiat_cell(t.ufl_domain().ufl_cell())
-            basis = Basis(X.function_space(), self._cells, np.asarray(cell.get_vertices(), dtype=float), grad=False)
+            X = extract_unique_domain(t).coordinates
+            cell = as_fiat_cell(extract_unique_domain(t).ufl_cell())
+            vertices = np.asarray(cell.get_vertices(), dtype=float)
+            basis = Basis(X.function_space(), self._cells, vertices, grad=False)
             vertices = basis.evaluate(_flat(X)[None])[0, :, 0]                  # (C, n_vertices, gdim)
             if isinstance(t, uc.CellEdgeVectors):     # as TSFC: x[a] - x[b] for each edge (a, b)
                 a, b = np.array([edge for _, edge in sorted(cell.get_topology()[1].items())]).T
                 vertices = vertices[:, a] - vertices[:, b]
-            return vertices.reshape(1, 1, -1, 1, *vertices.shape[1:])
+            return vertices.reshape(1, -1, 1, *vertices.shape[1:])
         if isinstance(t, uc.CellVolume):
-            mesh = t.ufl_domain()
+            mesh = extract_unique_domain(t)
             DG0 = FunctionSpace(mesh, "DG", 0)
             volumes = assemble(TestFunction(DG0) * dx(domain=mesh)).dat.data_ro
             nodes = np.asarray(DG0.cell_node_list)[self._cells, 0]
-            return torch.as_tensor(volumes[nodes]).reshape(1, 1, -1, 1)
+            return torch.as_tensor(np.array(volumes[nodes])).reshape(1, -1, 1)
         if isinstance(t, uc.ReferenceCellVolume):
-            return torch.tensor(as_fiat_cell(t.ufl_domain().ufl_cell()).volume(),
+            return torch.tensor(as_fiat_cell(extract_unique_domain(t).ufl_cell()).volume(),
                                 dtype=torch.float64).reshape((1,) * PREFIX)
         raise UnsupportedUFLError(f"no torch translation for the UFL terminal {type(t).__name__}")
 
     def _evaluate_static(self, f, W, order):
         """A fixed Function's values (order 0) or reference gradients (order 1) at the points."""
         basis = Basis(W, self._cells, self._points, value=order == 0, grad=order == 1)
-        return _leaf_layout(basis.evaluate(_flat(f)[None]), order, basis.value_shape)
+        return _leaf_layout(basis.evaluate(_flat(f)[None]), 0, order, basis.value_shape)
 
     def forward(self, U, constants):
         leaves = dict(constants)
-        if self.state_leaves:
+        if self._state_by_order:
             at_points = self.trial.evaluate(U)
-            start = 0
             for order, leaves_of_order in self._state_by_order.items():
-                width = 1 if order == 0 else self.tdim
-                value = _leaf_layout(at_points[:, :, start:start + width], order, self.value_shape)
+                start = 0 if order == 0 else len(self.trial.slots) - self.tdim
+                value = _leaf_layout(at_points, start, order, self.value_shape)
                 leaves.update((leaf, value) for leaf in leaves_of_order)
-                start += width
-        for leaf, name in self._probe_names.items():
-            leaves[leaf] = getattr(self, name)
-        integrand = self.tape(leaves)
-        n, A = self.test.n_comp, len(self.test.slots)
-        B, C, Q = U.shape[0], self.test.n_cells, self.test.n_points
-        integrand = integrand.expand(n * A, B, C, Q).reshape(n, A, B, C, Q)
-        return self.test.integrate(integrand)
+        B, C, Q, n = U.shape[0], self.test.n_cells, self.test.n_points, self.test.n_comp
+        parts = []
+        for order, coefficient in zip(self.test_orders, self.tape(leaves)):
+            if order == 0:
+                parts.append(coefficient.expand(B, C, Q, *self.value_shape).reshape(B, C, 1, Q, n))
+            else:
+                coefficient = coefficient.expand(B, C, Q, *self.value_shape, self.tdim)
+                parts.append(coefficient.reshape(B, C, Q, n, self.tdim).permute(0, 1, 4, 2, 3))
+        return self.test.integrate(parts[0] if len(parts) == 1 else torch.cat(parts, dim=2))
+
+
+def _test_coefficients(integrand, test_leaves, describe):
+    """The coefficients of the test-function leaves (by order) in an integrand linear in them."""
+    variables = {leaf: ufl.variable(leaf) for leaf in test_leaves.values()}
+    substituted = map_expr_dag(_Substitute(variables), integrand)
+    coefficients = [apply_derivatives(ufl.diff(substituted, variables[test_leaves[order]]))
+                    for order in sorted(test_leaves)]
+    if any(isinstance(_terminal(leaf), uc.Argument) for leaf in integrand_leaves(*coefficients)):
+        raise UnsupportedUFLError(f"the integrand is not linear in the test function: {describe}")
+    return coefficients
+
+
+class _Substitute(MultiFunction):
+    """Replace given subexpressions (here modified terminals) by others."""
+
+    def __init__(self, mapping):
+        super().__init__()
+        self.mapping = mapping
+
+    def expr(self, o, *operands):
+        if o in self.mapping:
+            return self.mapping[o]
+        return self.reuse_if_untouched(o, *operands)
+
+    def terminal(self, o):
+        return self.mapping.get(o, o)
 
 
 def _flat(f):
@@ -232,22 +254,24 @@ def _weights(rule):
     return weights.ravel()
 
 
-def _leaf_layout(at_points, order, value_shape):
-    """``(B, C, A, Q, n_comp)`` from :meth:`Basis.evaluate` to the tape's leaf layout:
-    ``(1, B, C, Q, *value_shape)`` for values, ``(1, B, C, Q, *value_shape, tdim)`` for
-    reference gradients."""
-    B, C, A, Q, _ = at_points.shape
+def _leaf_layout(at_points, start, order, value_shape):
+    """A slice of :meth:`Basis.evaluate`'s ``(B, C, A, Q, n_comp)`` in the tape's leaf layout:
+    values ``(B, C, Q, *value_shape)`` from slot ``start``, or reference gradients
+    ``(B, C, Q, *value_shape, tdim)`` from the ``tdim`` slots at ``start``."""
+    B, C, A, Q, n = at_points.shape
     if order == 0:
-        return at_points[:, :, 0].reshape(1, B, C, Q, *value_shape)
-    return at_points.permute(0, 1, 3, 4, 2).reshape(1, B, C, Q, *value_shape, A)
+        return at_points[:, :, start].reshape(B, C, Q, *value_shape)
+    grad = at_points[:, :, start:]
+    # contiguous: the pointwise work that follows is several times faster on it
+    return grad.permute(0, 1, 3, 4, 2).contiguous().view(B, C, Q, *value_shape, grad.shape[2])
+
+
+def _order(leaf):
+    return analyse_modified_terminal(leaf).local_derivatives
 
 
 def _terminal(leaf):
     return analyse_modified_terminal(leaf).terminal
-
-
-def _has_order(leaves, order):
-    return any(analyse_modified_terminal(leaf).local_derivatives == order for leaf in leaves)
 
 
 def _quadrature_rule(mesh, metadata):
@@ -278,7 +302,8 @@ def _cells_by_subdomain(integral_data):
     for d in integral_data:
         mesh = d.domain
         if any(i in ("otherwise", "everywhere") for i in ids(d)):
-            cells[d.subdomain_id] = np.setdiff1d(np.arange(mesh.cell_set.size), marked(mesh, numbered)).astype(np.int64)
+            everywhere = np.arange(mesh.cell_set.size)
+            cells[d.subdomain_id] = np.setdiff1d(everywhere, marked(mesh, numbered)).astype(np.int64)
         else:
             cells[d.subdomain_id] = marked(mesh, ids(d)).astype(np.int64)
     return cells

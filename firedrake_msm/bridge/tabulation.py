@@ -155,17 +155,17 @@ class Basis(torch.nn.Module):
         Parameters
         ----------
         integrand : torch.Tensor
-            ``(n_comp, A, B, C, Q)`` pointwise coefficients of the test basis values and reference
-            derivatives (quadrature weights and geometry already applied).
+            ``(B, C, A, Q, n_comp)``, :meth:`evaluate`'s layout: the pointwise coefficients of the
+            test basis values and reference derivatives (weights and geometry applied).
 
         Returns
         -------
         torch.Tensor
             ``(B, size)``.
         """
-        _, A, B, C, Q = integrand.shape
+        B, C, A, Q, _ = integrand.shape
         out = integrand.new_zeros(B, self.size)
         for components, bs, table, dofs in self._groups():
-            local = integrand[components].permute(2, 3, 0, 1, 4).reshape(B * C * bs, A * Q) @ table
+            local = integrand[..., components].permute(0, 1, 4, 2, 3).reshape(B * C * bs, A * Q) @ table
             out.index_add_(1, dofs, local.view(B, -1))
         return out
