@@ -70,13 +70,15 @@ def make_fem_operator(F, u):
 
 
 def floor_time(op, U):
-    """The dense contractions alone, on pre-gathered data."""
-    term = op.terms[0]
-    trial, test = term.trial.table0, term.test.table0
-    B, C = U.shape[0], term.test.n_cells
-    local = torch.randn(B * C, trial.shape[1], dtype=U.dtype, device=U.device)
-    at_points = torch.randn(B * C, test.shape[0], dtype=U.dtype, device=U.device)
-    return timeit(lambda: (local @ trial.T, at_points @ test))
+    """The dense basis contractions alone, on pre-gathered data: for every term, the trial
+    tabulation's GEMM and the test tabulation's transposed GEMM."""
+    operands = []
+    for term in op.terms:
+        trial, test = term.trial.table0, term.test.table0        # (Q * A, nd)
+        columns = term.test.n_cells * U.shape[0]
+        operands.append((trial, torch.randn(trial.shape[1], columns, dtype=U.dtype, device=U.device),
+                         test, torch.randn(test.shape[0], columns, dtype=U.dtype, device=U.device)))
+    return timeit(lambda: [(trial @ local, test.T @ at_points) for trial, local, test, at_points in operands])
 
 
 def run(degree, n, batch, device, dtype, with_reference=True):

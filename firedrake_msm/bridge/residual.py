@@ -108,7 +108,7 @@ class ResidualOperator(torch.nn.Module):
                 value = getattr(self, self._bound[c])
             else:
                 value = torch.as_tensor(np.array(c.dat.data_ro), dtype=like.dtype, device=like.device)
-            values[c] = value.reshape((1,) * PREFIX + c.ufl_shape)
+            values[c] = value.reshape((1,) * PREFIX + c.ufl_shape + (1,))
         return values
 
     def forward(self, U):
@@ -164,17 +164,17 @@ class _CellTerm(torch.nn.Module):
             X = extract_unique_domain(t).coordinates
             return self._evaluate_static(X, X.function_space(), mt.local_derivatives)
         if isinstance(t, uc.QuadratureWeight):
-            return torch.as_tensor(_weights(self.rule)).reshape(1, 1, -1)
+            return torch.as_tensor(_weights(self.rule)).reshape(-1, 1, 1)
         if isinstance(t, (uc.CellVertices, uc.CellEdgeVectors)):
             X = extract_unique_domain(t).coordinates
             cell = as_fiat_cell(extract_unique_domain(t).ufl_cell())
             vertices = np.asarray(cell.get_vertices(), dtype=float)
             basis = Basis(X.function_space(), self._cells, vertices, grad=False)
-            vertices = basis.evaluate(_flat(X)[None])[0, :, 0]                  # (C, n_vertices, gdim)
+            vertices = basis.evaluate(_flat(X)[None])[:, :, :, 0, 0]          # (n_vertices, C, gdim)
             if isinstance(t, uc.CellEdgeVectors):     # as TSFC: x[a] - x[b] for each edge (a, b)
                 a, b = np.array([edge for _, edge in sorted(cell.get_topology()[1].items())]).T
-                vertices = vertices[:, a] - vertices[:, b]
-            return vertices.reshape(1, -1, 1, *vertices.shape[1:])
+                vertices = vertices[a] - vertices[b]
+            return vertices.permute(1, 0, 2)[None, ..., None]
         if isinstance(t, uc.CellVolume):
             mesh = extract_unique_domain(t)
             DG0 = FunctionSpace(mesh, "DG", 0)
@@ -183,7 +183,7 @@ class _CellTerm(torch.nn.Module):
             return torch.as_tensor(np.array(volumes[nodes])).reshape(1, -1, 1)
         if isinstance(t, uc.ReferenceCellVolume):
             return torch.tensor(as_fiat_cell(extract_unique_domain(t).ufl_cell()).volume(),
-                                dtype=torch.float64).reshape((1,) * PREFIX)
+                                dtype=torch.float64).reshape((1,) * (PREFIX + 1))
         raise UnsupportedUFLError(f"no torch translation for the UFL terminal {type(t).__name__}")
 
     def _evaluate_static(self, f, W, order):
@@ -202,12 +202,10 @@ class _CellTerm(torch.nn.Module):
         B, C, Q, n = U.shape[0], self.test.n_cells, self.test.n_points, self.test.n_comp
         parts = []
         for order, coefficient in zip(self.test_orders, self.tape(leaves)):
-            if order == 0:
-                parts.append(coefficient.expand(B, C, Q, *self.value_shape).reshape(B, C, 1, Q, n))
-            else:
-                coefficient = coefficient.expand(B, C, Q, *self.value_shape, self.tdim)
-                parts.append(coefficient.reshape(B, C, Q, n, self.tdim).permute(0, 1, 4, 2, 3))
-        return self.test.integrate(parts[0] if len(parts) == 1 else torch.cat(parts, dim=2))
+            derivatives = (self.tdim,) if order else ()
+            coefficient = coefficient.expand(Q, C, *self.value_shape, *derivatives, B)
+            parts.append(coefficient.reshape(Q, C, n, self.tdim if order else 1, B))
+        return self.test.integrate(parts[0] if len(parts) == 1 else torch.cat(parts, dim=3))
 
 
 def _test_coefficients(integrand, test_leaves, describe):
@@ -255,15 +253,13 @@ def _weights(rule):
 
 
 def _leaf_layout(at_points, start, order, value_shape):
-    """A slice of :meth:`Basis.evaluate`'s ``(B, C, A, Q, n_comp)`` in the tape's leaf layout:
-    values ``(B, C, Q, *value_shape)`` from slot ``start``, or reference gradients
-    ``(B, C, Q, *value_shape, tdim)`` from the ``tdim`` slots at ``start``."""
-    B, C, A, Q, n = at_points.shape
+    """A slice of :meth:`Basis.evaluate`'s ``(Q, C, n_comp, A, B)`` in the tape's leaf layout:
+    values ``(Q, C, *value_shape, B)`` from slot ``start``, or reference gradients
+    ``(Q, C, *value_shape, tdim, B)`` from the slots from ``start`` on."""
+    Q, C, n, A, B = at_points.shape
     if order == 0:
-        return at_points[:, :, start].reshape(B, C, Q, *value_shape)
-    grad = at_points[:, :, start:]
-    # contiguous: the pointwise work that follows is several times faster on it
-    return grad.permute(0, 1, 3, 4, 2).contiguous().view(B, C, Q, *value_shape, grad.shape[2])
+        return at_points[:, :, :, start].reshape(Q, C, *value_shape, B)
+    return at_points[:, :, :, start:].reshape(Q, C, *value_shape, A - start, B)
 
 
 def _order(leaf):

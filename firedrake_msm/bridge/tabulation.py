@@ -103,7 +103,8 @@ class Basis(torch.nn.Module):
         Whether values and/or reference gradients are tabulated.
 
     The reference value of the space is flattened to ``n_comp`` components (its shape is
-    :attr:`value_shape`); ``tdim`` is the topological dimension.
+    :attr:`value_shape`). Values at points are laid out ``(Q, C, n_comp, A, B)``: point, cell,
+    component, slot (value, then the ``tdim`` reference derivatives) and, innermost, the batch.
     """
 
     def __init__(self, V, cells, points, value=True, grad=True):
@@ -112,23 +113,25 @@ class Basis(torch.nn.Module):
         self.tdim = points.shape[1]
         self.slots = slots_for(value, grad, self.tdim)
         self.n_points = points.shape[0]
+        self.n_cells = len(cells)
         self.value_shape = V.ufl_element().reference_value_shape
         self.n_comp = groups[-1].components.stop
         self.components = [g.components for g in groups]
         self.block_sizes = [g.block_size for g in groups]
         for k, g in enumerate(groups):
-            table = tabulate(g.element, points, self.slots)        # (A, Q, nd)
-            self.register_buffer(f"table{k}", torch.as_tensor(table.reshape(-1, table.shape[-1])),
-                                 persistent=False)
-            self.register_buffer(f"dofs{k}", torch.as_tensor(g.dofs[cells].reshape(-1)), persistent=False)
-        self.n_cells = len(cells)
+            table = tabulate(g.element, points, self.slots)              # (A, Q, nd)
+            table = table.transpose(1, 0, 2).reshape(-1, table.shape[-1])  # (Q * A, nd)
+            self.register_buffer(f"table{k}", torch.as_tensor(table), persistent=False)
+            # basis-function-major, so that one gather gives the (nd, C * bs * B) GEMM operand
+            dofs = g.dofs[cells].transpose(2, 0, 1).reshape(-1)
+            self.register_buffer(f"dofs{k}", torch.as_tensor(dofs), persistent=False)
 
     def _groups(self):
         for k, (components, bs) in enumerate(zip(self.components, self.block_sizes)):
             yield components, bs, getattr(self, f"table{k}"), getattr(self, f"dofs{k}")
 
     def evaluate(self, U):
-        r"""Values and reference gradients of the batch ``U`` at every cell's points.
+        """Values and reference gradients of the batch ``U`` at every cell's points.
 
         Parameters
         ----------
@@ -138,16 +141,16 @@ class Basis(torch.nn.Module):
         Returns
         -------
         torch.Tensor
-            ``(B, C, A, Q, n_comp)``: for each slot a (value, or reference derivative
-            :math:`\partial/\partial X_k`), the flattened reference-value components.
+            ``(Q, C, n_comp, A, B)``.
         """
         B, C, A, Q = U.shape[0], self.n_cells, len(self.slots), self.n_points
+        rows = U.T.contiguous()
         parts = []
         for _, bs, table, dofs in self._groups():
-            local = U[:, dofs].view(B * C * bs, -1)                 # element restriction
-            at_points = (local @ table.T).view(B, C, bs, A, Q)      # basis
-            parts.append(at_points.permute(0, 1, 3, 4, 2))
-        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
+            local = rows[dofs].view(table.shape[1], C * bs * B)              # element restriction
+            at_points = (table @ local).view(Q, A, C, bs, B)                 # basis
+            parts.append(at_points.permute(0, 2, 3, 1, 4))
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
 
     def integrate(self, integrand):
         r"""The transpose of :meth:`evaluate`: sum ``integrand`` against the basis, scatter-add.
@@ -155,7 +158,7 @@ class Basis(torch.nn.Module):
         Parameters
         ----------
         integrand : torch.Tensor
-            ``(B, C, A, Q, n_comp)``, :meth:`evaluate`'s layout: the pointwise coefficients of the
+            ``(Q, C, n_comp, A, B)``, :meth:`evaluate`'s layout: the pointwise coefficients of the
             test basis values and reference derivatives (weights and geometry applied).
 
         Returns
@@ -163,9 +166,9 @@ class Basis(torch.nn.Module):
         torch.Tensor
             ``(B, size)``.
         """
-        B, C, A, Q, _ = integrand.shape
-        out = integrand.new_zeros(B, self.size)
+        Q, C, _, A, B = integrand.shape
+        rows = integrand.new_zeros(self.size, B)
         for components, bs, table, dofs in self._groups():
-            local = integrand[..., components].permute(0, 1, 4, 2, 3).reshape(B * C * bs, A * Q) @ table
-            out.index_add_(1, dofs, local.view(B, -1))
-        return out
+            at_points = integrand[:, :, components].permute(0, 3, 1, 2, 4).reshape(Q * A, C * bs * B)
+            rows.index_add_(0, dofs, (table.T @ at_points).view(-1, B))
+        return rows.T
