@@ -3,6 +3,7 @@ import numpy as np
 import torch
 import ufl
 import ufl.classes as uc
+from ufl.algorithms.analysis import extract_type
 from ufl.algorithms.apply_derivatives import apply_derivatives
 from ufl.corealg.map_dag import map_expr_dag
 from ufl.corealg.multifunction import MultiFunction
@@ -49,6 +50,10 @@ class ResidualOperator(torch.nn.Module):
         ``torch.float64`` (default) or ``torch.float32``.
     device : torch.device, optional
         Where the operator's tensors live; inputs must already be there.
+    compile : bool
+        Hand the torch part to ``torch.compile``, which fuses the pointwise work into a few
+        loops: several times faster on large batches, at a one-off compilation per input shape
+        (tens of seconds).
 
     Notes
     -----
@@ -62,7 +67,7 @@ class ResidualOperator(torch.nn.Module):
     :class:`UnsupportedUFLError` naming the node and the integral.
     """
 
-    def __init__(self, F, u, *, parameters=None, dtype=torch.float64, device=None):
+    def __init__(self, F, u, *, parameters=None, dtype=torch.float64, device=None, compile=False):
         super().__init__()
         V = u.function_space()
         _check_form(F, V)
@@ -82,6 +87,8 @@ class ResidualOperator(torch.nn.Module):
             self._bound[c] = name
 
         form_data = compute_form_data(F)
+        self.constants = sorted(set(extract_type(F, uc.Constant)) | set(form_data.constants),
+                                key=lambda c: c.count())
         cells = _cells_by_subdomain([d for d in form_data.integral_data if d.integral_type == "cell"])
         self.terms = torch.nn.ModuleList()
         # compute_form_data renumbers coefficients; map them back to the user's objects.
@@ -95,26 +102,29 @@ class ResidualOperator(torch.nn.Module):
                     raise UnsupportedUFLError(
                         f"{itg_data.integral_type} integrals (ds, dS) are not supported by the torch "
                         f"bridge; found {describe}")
-                term = _CellTerm(integral, V, u, cells[itg_data.subdomain_id], originals, describe)
+                term = _CellTerm(integral, V, u, cells[itg_data.subdomain_id], originals, self.constants,
+                                 describe)
                 self.terms.append(term)
-        self.constants = sorted({leaf for term in self.terms for leaf in term.constants},
-                                key=lambda c: c.count())
         self.to(device=device, dtype=dtype)
+        self._kernel = torch.compile(self._residual, dynamic=False) if compile else self._residual
 
     def _constant_values(self, like):
-        values = {}
+        values = []
         for c in self.constants:
             if c in self._bound:
                 value = getattr(self, self._bound[c])
             else:
                 value = torch.as_tensor(np.array(c.dat.data_ro), dtype=like.dtype, device=like.device)
-            values[c] = value.reshape((1,) * PREFIX + c.ufl_shape + (1,))
+            values.append(value.reshape((1,) * PREFIX + c.ufl_shape + (1,)))
         return values
 
     def forward(self, U):
         """Residuals ``(B, N)`` of the states ``U`` ``(B, N)``."""
         _check_input(U, self.size, self.terms[0].test.table0)
-        constants = self._constant_values(U)
+        return self._kernel(U, self._constant_values(U))
+
+    def _residual(self, U, constants):
+        """The pure-torch part of :meth:`forward` (what ``compile=True`` hands to torch.compile)."""
         return sum(term(U, constants) for term in self.terms)
 
 
@@ -131,7 +141,7 @@ class _CellTerm(torch.nn.Module):
     test basis' tabulation applies the transpose.
     """
 
-    def __init__(self, integral, V, u, cells, originals, describe):
+    def __init__(self, integral, V, u, cells, originals, constants, describe):
         super().__init__()
         self.rule = _quadrature_rule(extract_unique_domain(u), integral.metadata())
         points = np.asarray(self.rule.point_set.points, dtype=float)
@@ -139,17 +149,18 @@ class _CellTerm(torch.nn.Module):
         self._cells, self._points = cells, points
         integrand = ufl.replace(integral.integrand(), originals)
         leaves = integrand_leaves(integrand)
-        self.constants = [leaf for leaf in leaves if isinstance(leaf, (uc.Constant, Constant))]
-        state_leaves = [leaf for leaf in leaves if _terminal(leaf) == u]
-        self._state_by_order = {order: [leaf for leaf in state_leaves if _order(leaf) == order]
-                                for order in (0, 1) if any(_order(leaf) == order for leaf in state_leaves)}
+        self._state_orders = sorted({_order(leaf) for leaf in leaves if _terminal(leaf) == u})
         test_leaves = {_order(leaf): leaf for leaf in leaves if isinstance(_terminal(leaf), uc.Argument)}
         self.test_orders = sorted(test_leaves)
-        self.trial = Basis(V, cells, points, value=0 in self._state_by_order, grad=1 in self._state_by_order)
+        self.trial = Basis(V, cells, points, value=0 in self._state_orders, grad=1 in self._state_orders)
         self.test = Basis(V, cells, points, value=0 in test_leaves, grad=1 in test_leaves)
         self.value_shape = self.test.value_shape
         self.tape = Tape(_test_coefficients(integrand, test_leaves, describe),
                          lambda leaf: self._static_leaf(leaf, u), describe)
+        # Where each of the tape's dynamic leaves comes from: a constant (by its index in
+        # ``constants``) or the state (by derivative order).
+        self._sources = [("constant", constants.index(leaf)) if leaf in constants else ("state", _order(leaf))
+                         for leaf in self.tape.dynamic_leaves]
 
     def _static_leaf(self, leaf, u):
         mt = analyse_modified_terminal(leaf)
@@ -192,13 +203,14 @@ class _CellTerm(torch.nn.Module):
         return _leaf_layout(basis.evaluate(_flat(f)[None]), 0, order, basis.value_shape)
 
     def forward(self, U, constants):
-        leaves = dict(constants)
-        if self._state_by_order:
+        """The term's residual ``(B, N)``; ``constants`` holds the operator's constant values."""
+        state = {}
+        if self._state_orders:
             at_points = self.trial.evaluate(U)
-            for order, leaves_of_order in self._state_by_order.items():
+            for order in self._state_orders:
                 start = 0 if order == 0 else len(self.trial.slots) - self.tdim
-                value = _leaf_layout(at_points, start, order, self.value_shape)
-                leaves.update((leaf, value) for leaf in leaves_of_order)
+                state[order] = _leaf_layout(at_points, start, order, self.value_shape)
+        leaves = [constants[index] if kind == "constant" else state[index] for kind, index in self._sources]
         B, C, Q, n = U.shape[0], self.test.n_cells, self.test.n_points, self.test.n_comp
         parts = []
         for order, coefficient in zip(self.test_orders, self.tape(leaves)):

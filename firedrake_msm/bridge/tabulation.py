@@ -67,7 +67,7 @@ def component_groups(V):
         nodes = np.asarray(Vk.cell_node_list)
         dofs = offset + nodes[:, None, :] * bs + np.arange(bs)[None, :, None]
         groups.append(ComponentGroup(element.fiat_equivalent, dofs, slice(first, first + bs)))
-        offset += Vk.node_set.size * bs
+        offset += int(Vk.node_set.size) * bs
         first += bs
     return groups, offset
 

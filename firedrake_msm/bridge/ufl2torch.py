@@ -13,9 +13,11 @@ of point, cell and batch has size 1 where the value does not depend on it. The b
 so that every pointwise operation runs over contiguous batches, which is several times faster in
 torch than over the short UFL dimensions.
 
-The expression DAG is translated once into a :class:`Tape`: nodes that depend only on static
-leaves (geometry, fixed coefficients) are evaluated when the tape is built, the others become a
-list of steps replayed at each call.
+Each UFL node is compiled once into a plain function of its operands' tensors
+(:func:`compile_node`), which knows its index layout from the node; a :class:`Tape` evaluates the
+nodes that depend only on static leaves (geometry, fixed coefficients) when it is built and
+replays the others at each call, with no UFL object on that path (so ``torch.compile`` can
+trace it).
 """
 from functools import singledispatch
 
@@ -30,136 +32,123 @@ class UnsupportedUFLError(NotImplementedError):
     """A UFL node outside the subset that the bridge translates."""
 
 
-def _align(t, have, want):
-    """View ``t``, whose trailing dims are the free indices ``have``, with singleton dims
-    inserted for the indices of ``want`` (a sorted superset) that it lacks."""
-    if have == want:
-        return t
-    first = t.dim() - 1 - len(have)
-    sizes = dict(zip(have, t.shape[first:-1]))
-    return t.reshape(*t.shape[:first], *(sizes.get(i, 1) for i in want), t.shape[-1])
-
-
-def _permute_free(t, have, want):
-    """Reorder the free-index dims of ``t`` (before the batch) from the order ``have`` to ``want``."""
-    if tuple(have) == tuple(want):
-        return t
-    if sorted(have) != sorted(want):
-        raise UnsupportedUFLError(f"repeated or unmatched indices {have} -> {want}")
-    first = t.dim() - 1 - len(have)
-    return t.permute(*range(first), *(first + list(have).index(i) for i in want), t.dim() - 1)
-
-
 def _free(o):
     return tuple(o.ufl_free_indices)
 
 
+def _aligner(have, want):
+    """A function viewing a tensor whose free indices are ``have`` with singleton dims for the
+    indices of ``want`` (a sorted superset) that it lacks."""
+    if have == want:
+        return lambda t: t
+    key = (Ellipsis, *(slice(None) if i in have else None for i in want), slice(None))
+    return lambda t: t[key]
+
+
+def _permuter(have, want):
+    """A function reordering the free-index dims (before the batch) from ``have`` to ``want``."""
+    have, want = list(have), list(want)
+    if have == want:
+        return lambda t: t
+    if sorted(have) != sorted(want):
+        raise UnsupportedUFLError(f"repeated or unmatched indices {have} -> {want}")
+    order = [have.index(i) for i in want]
+
+    def permute(t):
+        first = t.dim() - 1 - len(have)
+        return t.permute(*range(first), *(first + k for k in order), t.dim() - 1)
+    return permute
+
+
 @singledispatch
-def translate(o, *ops):
-    """Torch value of the UFL node ``o`` from the values of its operands."""
+def compile_node(o):
+    """A function computing the UFL node ``o``'s value from its operands' values."""
     raise UnsupportedUFLError(f"no torch translation for UFL node {type(o).__name__}")
 
 
-# -- literals ----------------------------------------------------------------------------
-@translate.register(uc.Zero)
+# -- literals (no operands) --------------------------------------------------------------
+@compile_node.register(uc.Zero)
 def _zero(o):
-    return torch.zeros((1,) * PREFIX + o.ufl_shape + tuple(o.ufl_index_dimensions) + (1,), dtype=torch.float64)
+    shape = (1,) * PREFIX + o.ufl_shape + tuple(o.ufl_index_dimensions) + (1,)
+    return lambda: torch.zeros(shape, dtype=torch.float64)
 
 
-@translate.register(uc.ScalarValue)
+@compile_node.register(uc.ScalarValue)
 def _scalar(o):
-    return torch.tensor(float(o.value()), dtype=torch.float64).reshape((1,) * (PREFIX + 1))
+    value = float(o.value())
+    return lambda: torch.tensor(value, dtype=torch.float64).reshape((1,) * (PREFIX + 1))
 
 
-@translate.register(uc.Identity)
+@compile_node.register(uc.Identity)
 def _identity(o):
     n, = set(o.ufl_shape)
-    return torch.eye(n, dtype=torch.float64).reshape((1,) * PREFIX + (n, n, 1))
-
-
-@translate.register(uc.MultiIndex)
-def _multi_index(o):
-    return o
+    return lambda: torch.eye(n, dtype=torch.float64).reshape((1,) * PREFIX + (n, n, 1))
 
 
 # -- algebra -----------------------------------------------------------------------------
-@translate.register(uc.Sum)
-def _sum(o, a, b):
-    return a + b
+@compile_node.register(uc.Sum)
+def _sum(o):
+    return torch.add
 
 
 def _binary(op):
-    def apply(o, a, b):
+    def build(o):
         x, y = o.ufl_operands
-        return op(_align(a, _free(x), _free(o)), _align(b, _free(y), _free(o)))
-    return apply
+        align_x, align_y = _aligner(_free(x), _free(o)), _aligner(_free(y), _free(o))
+        return lambda a, b: op(align_x(a), align_y(b))
+    return build
 
 
-translate.register(uc.Product, _binary(torch.mul))
-translate.register(uc.Division, _binary(torch.div))
-translate.register(uc.MinValue, _binary(torch.minimum))
-translate.register(uc.MaxValue, _binary(torch.maximum))
+for _type, _op in [(uc.Product, torch.mul), (uc.Division, torch.div), (uc.MinValue, torch.minimum),
+                   (uc.MaxValue, torch.maximum), (uc.Atan2, torch.atan2), (uc.EQ, torch.eq),
+                   (uc.NE, torch.ne), (uc.LT, torch.lt), (uc.GT, torch.gt), (uc.LE, torch.le),
+                   (uc.GE, torch.ge), (uc.AndCondition, torch.logical_and),
+                   (uc.OrCondition, torch.logical_or)]:
+    compile_node.register(_type, _binary(_op))
 
 
-@translate.register(uc.Power)
-def _power(o, a, b):
+@compile_node.register(uc.Power)
+def _power(o):
     x, y = o.ufl_operands
-    if isinstance(y, uc.IntValue):
-        return a ** int(y.value())  # keeps negative bases exact, as C's pow does
-    return torch.pow(_align(a, _free(x), _free(o)), _align(b, _free(y), _free(o)))
+    if isinstance(y, uc.IntValue) and not _free(x):
+        exponent = int(y.value())      # keeps negative bases exact, as C's pow does
+        return lambda a, b: a ** exponent
+    return _binary(torch.pow)(o)
 
 
-@translate.register(uc.Abs)
-def _abs(o, a):
-    return torch.abs(a)
-
-
+_UNARY = {uc.Abs: torch.abs, uc.NotCondition: torch.logical_not}
 _MATH = {"sqrt": torch.sqrt, "exp": torch.exp, "ln": torch.log, "sin": torch.sin, "cos": torch.cos,
          "tan": torch.tan, "sinh": torch.sinh, "cosh": torch.cosh, "tanh": torch.tanh,
          "asin": torch.asin, "acos": torch.acos, "atan": torch.atan, "erf": torch.erf}
 
 
-@translate.register(uc.MathFunction)
-def _math(o, a):
+@compile_node.register(uc.Abs)
+@compile_node.register(uc.NotCondition)
+def _unary(o):
+    return _UNARY[type(o)]
+
+
+@compile_node.register(uc.MathFunction)
+def _math(o):
     try:
-        return _MATH[o._name](a)
+        return _MATH[o._name]
     except KeyError:
         raise UnsupportedUFLError(f"no torch translation for the UFL function {o._name}") from None
 
 
-translate.register(uc.Atan2, _binary(torch.atan2))
-
-
-# -- conditions --------------------------------------------------------------------------
-translate.register(uc.EQ, _binary(torch.eq))
-translate.register(uc.NE, _binary(torch.ne))
-translate.register(uc.LT, _binary(torch.lt))
-translate.register(uc.GT, _binary(torch.gt))
-translate.register(uc.LE, _binary(torch.le))
-translate.register(uc.GE, _binary(torch.ge))
-translate.register(uc.AndCondition, _binary(torch.logical_and))
-translate.register(uc.OrCondition, _binary(torch.logical_or))
-
-
-@translate.register(uc.NotCondition)
-def _not(o, a):
-    return torch.logical_not(a)
-
-
-@translate.register(uc.Conditional)
-def _conditional(o, c, t, f):
+@compile_node.register(uc.Conditional)
+def _conditional(o):
     cond, tv, fv = o.ufl_operands
-    want = _free(o)
-    c = _align(c, _free(cond), want)
-    for _ in o.ufl_shape:
-        c = c.unsqueeze(PREFIX)
-    return torch.where(c, _align(t, _free(tv), want), _align(f, _free(fv), want))
+    align_c = _aligner(_free(cond), _free(o))
+    align_t, align_f = _aligner(_free(tv), _free(o)), _aligner(_free(fv), _free(o))
+    expand = (slice(None),) * PREFIX + (None,) * len(o.ufl_shape) + (Ellipsis,)
+    return lambda c, t, f: torch.where(align_c(c)[expand], align_t(t), align_f(f))
 
 
 # -- index notation ----------------------------------------------------------------------
-@translate.register(uc.Indexed)
-def _indexed(o, a, multi_index):
-    operand = o.ufl_operands[0]
+@compile_node.register(uc.Indexed)
+def _indexed(o):
+    operand, multi_index = o.ufl_operands
     key = [slice(None)] * PREFIX
     new = []
     for i in multi_index:
@@ -168,58 +157,65 @@ def _indexed(o, a, multi_index):
         else:
             key.append(slice(None))
             new.append(i.count())
-    t, order = a[tuple(key)], new + list(_free(operand))
-    base = t.dim() - 1 - len(order)
-    for i in set(new):
+    key = tuple(key) + (Ellipsis,)
+    order = new + list(_free(operand))
+    diagonals = []
+    for i in sorted(set(new)):
         if order.count(i) == 2:           # A[i, i]: the diagonal, moved before the batch dim
             p, q = (k for k, j in enumerate(order) if j == i)
-            t = torch.diagonal(t, 0, base + p, base + q).movedim(-1, -2)
+            diagonals.append((p - len(order) - 1, q - len(order) - 1))
             order = [j for j in order if j != i] + [i]
-    return _permute_free(t, order, _free(o))
+    permute = _permuter(order, _free(o))
+
+    def indexed(a, _):
+        t = a[key]
+        for p, q in diagonals:
+            t = torch.diagonal(t, 0, p, q).movedim(-1, -2)
+        return permute(t)
+    return indexed
 
 
-@translate.register(uc.ComponentTensor)
-def _component_tensor(o, a, multi_index):
-    counts = [i.count() for i in multi_index]
-    return _permute_free(a, _free(o.ufl_operands[0]), counts + list(_free(o)))
+@compile_node.register(uc.ComponentTensor)
+def _component_tensor(o):
+    operand, multi_index = o.ufl_operands
+    permute = _permuter(_free(operand), [i.count() for i in multi_index] + list(_free(o)))
+    return lambda a, _: permute(a)
 
 
-@translate.register(uc.IndexSum)
-def _index_sum(o, a, multi_index):
-    summand = o.ufl_operands[0]
-    (i,) = multi_index
+@compile_node.register(uc.IndexSum)
+def _index_sum(o):
+    summand, (i,) = o.ufl_operands
     have = _free(summand)
-    dim = a.dim() - 1 - len(have) + have.index(i.count())
-    if a.shape[dim] > 4:
-        return a.sum(dim=dim)
+    dim = have.index(i.count()) - len(have) - 1
+    extent = dict(zip(have, summand.ufl_index_dimensions))[i.count()]
+    if extent > 4:
+        return lambda a, _: a.sum(dim=dim)
+
     # Unrolled, as TSFC does for short sums: torch's reduction over a short inner dimension is
     # an order of magnitude slower than adding its slices.
-    total = a.select(dim, 0)
-    for k in range(1, a.shape[dim]):
-        total = total + a.select(dim, k)
-    return total
+    def index_sum(a, _):
+        total = a.select(dim, 0)
+        for k in range(1, extent):
+            total = total + a.select(dim, k)
+        return total
+    return index_sum
 
 
-@translate.register(uc.ListTensor)
-def _list_tensor(o, *ops):
-    return torch.stack(torch.broadcast_tensors(*ops), dim=PREFIX)
+@compile_node.register(uc.ListTensor)
+def _list_tensor(o):
+    return lambda *ops: torch.stack(torch.broadcast_tensors(*ops), dim=PREFIX)
 
 
 # -- real mode: complex nodes are the identity --------------------------------------------
-@translate.register(uc.Conj)
-@translate.register(uc.Real)
-@translate.register(uc.Variable)
-def _identity_op(o, a, *rest):
-    return a
-
-
-@translate.register(uc.Label)
-def _label(o):
-    return None
+@compile_node.register(uc.Conj)
+@compile_node.register(uc.Real)
+@compile_node.register(uc.Variable)
+def _identity_op(o):
+    return lambda a, *rest: a
 
 
 def _is_leaf(o):
-    """Leaves are the modified terminals other than literals, which translate() handles."""
+    """Leaves are the modified terminals other than literals, which compile_node handles."""
     if isinstance(o, (uc.ReferenceValue, uc.ReferenceGrad, uc.Restricted)):
         return True
     if isinstance(o, (uc.Constant, TSFCConstantMixin)):   # UFL's and Firedrake's constants
@@ -240,17 +236,19 @@ class Tape(torch.nn.Module):
     describe : str
         Where the expressions come from, for error messages.
 
-    Calling the tape with ``{leaf: tensor}`` for every leaf in :attr:`dynamic_leaves` returns the
-    list of the expressions' values. Static values that the call reads are buffers, so
+    Calling the tape with the list of tensors for :attr:`dynamic_leaves` returns the list of the
+    expressions' values. Static values that the call reads are buffers, so
     ``.to(device, dtype)`` moves them.
     """
 
     def __init__(self, exprs, static_leaf, describe):
         super().__init__()
-        self.dynamic_leaves = []
-        self._steps = []
         static, dynamic = {}, set()
+        self.dynamic_leaves = []
+        steps = []                                   # (node, function, operands)
         for node in _post_order(*exprs):
+            if isinstance(node, (uc.MultiIndex, uc.Label)):
+                continue
             if _is_leaf(node):
                 value = static_leaf(node)
                 if value is None:
@@ -258,40 +256,45 @@ class Tape(torch.nn.Module):
                     self.dynamic_leaves.append(node)
                 else:
                     static[node] = value
-            elif any(op in dynamic for op in node.ufl_operands):
-                if translate.dispatch(type(node)) is translate.dispatch(object):
-                    raise UnsupportedUFLError(f"no torch translation for UFL node {type(node).__name__}"
-                                              f"\n  node: {_short(node)}\n  in {describe}")
+                continue
+            operands = [op for op in node.ufl_operands if not isinstance(op, (uc.MultiIndex, uc.Label))]
+            try:
+                function = compile_node(node)
+            except UnsupportedUFLError as e:
+                raise UnsupportedUFLError(f"{e}\n  node: {_short(node)}\n  in {describe}") from None
+            if any(op in dynamic for op in operands):
                 dynamic.add(node)
-                self._steps.append(node)
+                steps.append((node, function, operands))
             else:
-                static[node] = self._translate(node, [static[op] for op in node.ufl_operands], describe)
-        needed = {op for node in self._steps for op in node.ufl_operands if op not in dynamic}
-        needed.update(e for e in exprs if e not in dynamic)
-        self._static_tensors = {}   # node -> buffer name
-        self._static_other = {}     # node -> multi-index or other non-tensor operand
+                static[node] = function(*(static[op] for op in operands), *[None] * _n_literals(node))
+        # Slots: the dynamic leaves, then the steps' results, then the static values read at call
+        # time (kept as buffers).
+        needed = [op for _, _, operands in steps for op in operands if op not in dynamic]
+        needed = list(dict.fromkeys(needed + [e for e in exprs if e not in dynamic]))
+        order = self.dynamic_leaves + [node for node, _, _ in steps] + needed
+        slot = {node: k for k, node in enumerate(order)}
+        self._buffers_from = len(order) - len(needed)
+        self._buffer_names = []
         for k, node in enumerate(needed):
-            if torch.is_tensor(static[node]):
-                self.register_buffer(f"static{k}", static[node], persistent=False)
-                self._static_tensors[node] = f"static{k}"
-            else:
-                self._static_other[node] = static[node]
-        self.outputs = list(exprs)
-
-    @staticmethod
-    def _translate(node, operands, describe):
-        try:
-            return translate(node, *operands)
-        except UnsupportedUFLError as e:
-            raise UnsupportedUFLError(f"{e}\n  node: {_short(node)}\n  in {describe}") from None
+            self.register_buffer(f"static{k}", static[node], persistent=False)
+            self._buffer_names.append(f"static{k}")
+        self._steps = [(function, [slot[op] for op in operands], _n_literals(node), slot[node])
+                       for node, function, operands in steps]
+        self._outputs = [slot[e] for e in exprs]
+        self._n_slots = len(order)
 
     def forward(self, leaves):
-        values = dict(self._static_other)
-        values.update((node, getattr(self, name)) for node, name in self._static_tensors.items())
-        values.update(leaves)
-        for node in self._steps:
-            values[node] = translate(node, *(values[op] for op in node.ufl_operands))
-        return [values[e] for e in self.outputs]
+        values = list(leaves) + [None] * (self._n_slots - len(leaves))
+        for k, name in enumerate(self._buffer_names):
+            values[self._buffers_from + k] = getattr(self, name)
+        for function, operands, n_literals, out in self._steps:
+            values[out] = function(*(values[k] for k in operands), *[None] * n_literals)
+        return [values[k] for k in self._outputs]
+
+
+def _n_literals(node):
+    """Trailing operands (multi-indices, labels) that functions receive as None."""
+    return sum(isinstance(op, (uc.MultiIndex, uc.Label)) for op in node.ufl_operands)
 
 
 def _post_order(*exprs):
