@@ -8,7 +8,7 @@ coarse sizes N ~ 1e2 .. 1e5 (CG1 and CG2) and batches B = 1, 16, 64, in float64 
 - fem_operator: B calls of ``firedrake.ml.pytorch.fem_operator`` (pyadjoint replay);
 - floor: the same dense basis contractions alone (no gather, pointwise work or scatter).
 
-Usage: python benchmarks/bench_bridge.py [--quick] [--device cuda] [--dtype float32]
+Usage: python benchmarks/bench_bridge.py [--quick] [--compile] [--device cuda] [--dtype float32]
 ``--quick`` runs N ~ 1e3 (CG1), B = 64 only; the last line is then a JSON summary.
 """
 import argparse
@@ -81,10 +81,10 @@ def floor_time(op, U):
     return timeit(lambda: [(trial @ local, test.T @ at_points) for trial, local, test, at_points in operands])
 
 
-def run(degree, n, batch, device, dtype, with_reference=True):
+def run(degree, n, batch, device, dtype, compile=False, with_reference=True):
     F, u = burgers(n, degree)
     N = u.function_space().dim()
-    op = ResidualOperator(F, u, dtype=dtype, device=device)
+    op = ResidualOperator(F, u, dtype=dtype, device=device, compile=compile)
     U = 0.5 * torch.randn(batch, N, dtype=dtype, device=device)
     sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
 
@@ -116,13 +116,15 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--compile", action="store_true", help="ResidualOperator(..., compile=True)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float64", choices=["float64", "float32"])
     args = parser.parse_args()
     dtype = getattr(torch, args.dtype)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.device}, {args.dtype}")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.device}, {args.dtype}"
+          f"{', compiled' if args.compile else ''}")
     if args.quick:
-        row = run(1, SIZES[1][1], 64, args.device, dtype)
+        row = run(1, SIZES[1][1], 64, args.device, dtype, args.compile)
         print(json.dumps({k: row[k] for k in ("n_dofs", "batch", "speedup_vs_assemble", "ratio_to_floor")}))
         return
     header = (f"{'deg':>3} {'N':>7} {'B':>3} {'fwd ms':>9} {'fwd+bwd ms':>10} {'assemble ms':>11} "
@@ -131,7 +133,7 @@ def main():
     for degree, sizes in SIZES.items():
         for n in sizes:
             for batch in (1, 16, 64):
-                row = run(degree, n, batch, args.device, dtype)
+                row = run(degree, n, batch, args.device, dtype, args.compile)
                 ms = lambda key: f"{1e3 * row[key]:.3f}" if key in row else "-"  # noqa: E731
                 print(f"{degree:>3} {row['n_dofs']:>7} {batch:>3} {ms('forward_s'):>9} "
                       f"{ms('forward_backward_s'):>10} {ms('assemble_s'):>11} {ms('fem_operator_s'):>10} "

@@ -187,6 +187,14 @@ def test_float32_agrees_with_float64():
     assert max_relative_error(single.double().numpy(), exact.numpy()) < 1e-5
 
 
+def test_compiled_operator_agrees():
+    F, u = burgers_2d(2)
+    U = random_states(u.function_space())
+    eager = ResidualOperator(F, u)
+    compiled = ResidualOperator(F, u, compile=True)
+    assert max_relative_error(compiled(U).detach().numpy(), eager(U).numpy()) <= 1e-12
+
+
 def test_wrong_device_or_dtype_is_an_error():
     F, u = burgers_1d()
     op = ResidualOperator(F, u)
