@@ -200,7 +200,9 @@ class _CellTerm(torch.nn.Module):
     def _evaluate_static(self, f, W, order):
         """A fixed Function's values (order 0) or reference gradients (order 1) at the points."""
         basis = Basis(W, self._cells, self._points, value=order == 0, grad=order == 1)
-        return _leaf_layout(basis.evaluate(_flat(f)[None]), 0, order, basis.value_shape)
+        value = _leaf_layout(basis.evaluate(_flat(f)[None]), 0, order, basis.value_shape)
+        # Cellwise constants (the Jacobian of affine cells) keep one point: less to read per call.
+        return value[:1] if bool((value == value[:1]).all()) else value
 
     def forward(self, U, constants):
         """The term's residual ``(B, N)``; ``constants`` holds the operator's constant values."""
