@@ -46,7 +46,7 @@ class MassOperator(torch.nn.Module):
         M = sp.csr_matrix(petsc.getValuesCSR()[::-1], shape=petsc.getSize())
         fixed = bc_dofs(V, bcs)
         M = _constrain(M, fixed)
-        self.register_buffer("matrix", _to_torch_sparse(M), persistent=False)
+        self.register_buffer("matrix", to_torch_sparse(M), persistent=False)
         self.rtol = rtol
         dofs = np.concatenate([g.dofs.reshape(len(g.dofs), -1) for g in groups], axis=1)
         if method == "lumped":
@@ -171,7 +171,8 @@ def _hrz_factor(element, mesh):
     return float((weights[:, None] * values**2).sum() / weights.sum())
 
 
-def _to_torch_sparse(M):
+def to_torch_sparse(M):
+    """A scipy sparse matrix as a coalesced torch COO tensor (float64)."""
     M = M.tocoo()
     indices = torch.as_tensor(np.vstack([M.row, M.col]), dtype=torch.int64)
     return torch.sparse_coo_tensor(indices, torch.as_tensor(M.data), size=M.shape,
