@@ -47,7 +47,8 @@ class Transfer(torch.nn.Module):
         A = _scipy(assemble((inner(u, v) + filter_width**2 * inner(grad(u), grad(v))) * dx))
         self.register_buffer("prolongation", to_torch_sparse(P), persistent=False)
         self.register_buffer("load", to_torch_sparse((P.T @ M_fine).tocsr()), persistent=False)
-        self.register_buffer("cholesky", torch.linalg.cholesky(torch.as_tensor(A.toarray())), persistent=False)
+        cholesky = torch.linalg.cholesky(torch.as_tensor(A.toarray()))
+        self.register_buffer("cholesky", cholesky, persistent=False)
         self.to(device=device, dtype=dtype)
 
     def restrict(self, Y):
