@@ -3,7 +3,6 @@ import numpy as np
 import torch
 import ufl
 import ufl.classes as uc
-from ufl.algorithms.analysis import extract_type
 from ufl.algorithms.apply_derivatives import apply_derivatives
 from ufl.corealg.map_dag import map_expr_dag
 from ufl.corealg.multifunction import MultiFunction
@@ -87,8 +86,7 @@ class ResidualOperator(torch.nn.Module):
             self._bound[c] = name
 
         form_data = compute_form_data(F)
-        self.constants = sorted(set(extract_type(F, uc.Constant)) | set(form_data.constants),
-                                key=lambda c: c.count())
+        self.constants = list(form_data.constants)
         cells = _cells_by_subdomain([d for d in form_data.integral_data if d.integral_type == "cell"])
         self.terms = torch.nn.ModuleList()
         # compute_form_data renumbers coefficients; map them back to the user's objects.
@@ -105,6 +103,7 @@ class ResidualOperator(torch.nn.Module):
                 term = _CellTerm(integral, V, u, cells[itg_data.subdomain_id], originals, self.constants,
                                  describe)
                 self.terms.append(term)
+        self.register_buffer("_anchor", torch.zeros(0), persistent=False)   # tracks dtype and device
         self.to(device=device, dtype=dtype)
         self._kernel = torch.compile(self._residual, dynamic=False) if compile else self._residual
 
@@ -120,7 +119,7 @@ class ResidualOperator(torch.nn.Module):
 
     def forward(self, U):
         """Residuals ``(B, N)`` of the states ``U`` ``(B, N)``."""
-        _check_input(U, self.size, self.terms[0].test.table0)
+        _check_input(U, self.size, self._anchor)
         return self._kernel(U, self._constant_values(U))
 
     def _residual(self, U, constants):
@@ -159,15 +158,15 @@ class _CellTerm(torch.nn.Module):
                          lambda leaf: self._static_leaf(leaf, u), describe)
         # Where each of the tape's dynamic leaves comes from: a constant (by its index in
         # ``constants``) or the state (by derivative order).
-        self._sources = [("constant", constants.index(leaf)) if leaf in constants else ("state", _order(leaf))
-                         for leaf in self.tape.dynamic_leaves]
+        self._sources = [("constant", constants.index(leaf)) if isinstance(leaf, Constant)
+                         else ("state", _order(leaf)) for leaf in self.tape.dynamic_leaves]
 
     def _static_leaf(self, leaf, u):
         mt = analyse_modified_terminal(leaf)
         t = mt.terminal
         if mt.restriction is not None or mt.local_derivatives > 1:
             raise UnsupportedUFLError(f"unsupported modified terminal {leaf}")
-        if isinstance(t, (uc.Constant, Constant)) or t == u:
+        if isinstance(t, Constant) or t == u:
             return None
         if isinstance(t, uc.Coefficient):
             return self._evaluate_static(t, t.function_space(), mt.local_derivatives)
