@@ -1,0 +1,159 @@
+"""Fine-mesh direct numerical simulation of a :class:`~firedrake_msm.problems.Problem`, written
+to an HDF5 dataset.
+
+One file holds everything: the mesh and a ``dof_index`` Function (saved by Firedrake's
+``CheckpointFile``, so any process count can load them), and the group ``msm`` (written with
+h5py) with
+
+- ``snapshots``: ``(trajectories, times, N)`` observed states, in the global dof order of the
+  writing run; ``dof_index`` maps a loaded space's dofs to that order;
+- ``times``: ``(times,)``; ``parameters``: ``(trajectories, len(parameter_names))``;
+- attributes: the problem, its parameter names, the seed, resolution, time step and the
+  Firedrake, PETSc and firedrake-msm versions.
+
+The file is written under a temporary name and renamed when complete, so an interrupted or
+failed run leaves nothing that looks like a dataset.
+"""
+import os
+from importlib.metadata import version
+from pathlib import Path
+
+import h5py
+import numpy as np
+from firedrake import COMM_WORLD, CheckpointFile, Constant, Function, TestFunction
+from firedrake.petsc import PETSc
+from irksome import GaussLegendre, TimeStepper
+from tqdm import tqdm
+
+from firedrake_msm.problems import PROBLEMS
+
+SOLVER = {"snes_type": "newtonls", "snes_rtol": 1e-10, "snes_atol": 1e-13, "ksp_type": "preonly",
+          "pc_type": "lu"}
+
+
+def simulate(problem, path, *, trajectories, seed=0, resolution=None, dt=None, t_end=None,
+             comm=COMM_WORLD, progress=True):
+    """Run ``trajectories`` fine simulations from seeded random initial conditions into ``path``.
+
+    Parameters
+    ----------
+    problem : Problem or str
+        The problem, or its name in :data:`firedrake_msm.problems.PROBLEMS`.
+    path : str or pathlib.Path
+        The ``.h5`` file to write (replaced if it exists).
+    trajectories : int
+        How many initial conditions.
+    seed : int
+        Seeds the draws of the initial-condition parameters.
+    resolution, dt, t_end : optional
+        Override the problem's fine resolution, time step (also the output interval) and end time.
+    comm : mpi4py.MPI.Comm
+        Where to run; results do not depend on the number of processes.
+    progress : bool
+        Show a progress bar (on rank 0).
+
+    Returns
+    -------
+    pathlib.Path
+        ``path``.
+    """
+    if isinstance(problem, str):
+        try:
+            problem = PROBLEMS[problem]()
+        except KeyError:
+            raise ValueError(f"unknown problem {problem!r}; known: {', '.join(sorted(PROBLEMS))}") from None
+    if trajectories < 1:
+        raise ValueError(f"trajectories must be at least 1, not {trajectories}")
+    dt = problem.dt if dt is None else dt
+    t_end = problem.t_end if t_end is None else t_end
+    steps = int(round(t_end / dt))
+    if steps < 1 or not np.isclose(steps * dt, t_end):
+        raise ValueError(f"t_end = {t_end} is not a positive multiple of dt = {dt}")
+    resolution = problem.fine if resolution is None else resolution
+    path = Path(path)
+    partial = path.with_name(path.name + ".partial")
+
+    mesh = problem.mesh(resolution, comm=comm)
+    V = problem.function_space(mesh)
+    state, test = Function(V), TestFunction(V)
+    t, dt_c = Constant(0.0), Constant(dt)
+    F = problem.time_derivative(state, test) + problem.residual(state, test)
+    stepper = TimeStepper(F, GaussLegendre(1), t, dt_c, state, bcs=problem.bcs(V), solver_parameters=SOLVER)
+    parameters = {name: Constant(0.0) for name in problem.parameter_names}
+    observed = problem.observed(state)
+    V_obs = observed.function_space().collapse()
+    gather = _Gather(Function(V_obs))
+    rng = np.random.default_rng(seed)
+    draws = [problem.draw(rng) for _ in range(trajectories)]
+
+    try:
+        with CheckpointFile(str(partial), "w", comm=comm) as checkpoint:
+            checkpoint.save_mesh(mesh)
+            index = Function(V_obs, name="dof_index")
+            with index.dat.vec_wo as vec:
+                vec.array[:] = np.arange(*vec.getOwnershipRange())
+            checkpoint.save_function(index)
+        snapshots = _open(partial, problem, trajectories, steps + 1, gather.size, seed, resolution, dt, comm)
+        bar = tqdm(total=trajectories * steps, desc=f"DNS {problem.name}", unit="step",
+                   disable=not progress or comm.rank != 0)
+        for k, draw in enumerate(draws):
+            for name, value in draw.items():
+                parameters[name].assign(value)
+            problem.set_initial_state(state, parameters)
+            t.assign(0.0)
+            _store(snapshots, (k, 0), gather(observed))
+            for step in range(1, steps + 1):
+                stepper.advance()
+                t.assign(step * dt)
+                _store(snapshots, (k, step), gather(observed))
+                bar.update()
+        bar.close()
+        if comm.rank == 0:
+            snapshots["parameters"][:] = [[d[name] for name in problem.parameter_names] for d in draws]
+            snapshots["times"][:] = dt * np.arange(steps + 1)
+            snapshots.file.close()
+            os.replace(partial, path)
+    except BaseException:
+        if comm.rank == 0 and partial.exists():
+            partial.unlink()
+        raise
+    comm.barrier()
+    return path
+
+
+class _Gather:
+    """The global vector of a Function on rank 0 (None elsewhere), in PETSc's global order."""
+
+    def __init__(self, like):
+        with like.dat.vec_ro as vec:
+            self.scatter, self.target = PETSc.Scatter.toZero(vec)
+            self.size = vec.getSize()
+        self.work = like
+
+    def __call__(self, f):
+        self.work.assign(f)
+        with self.work.dat.vec_ro as vec:
+            self.scatter.scatter(vec, self.target, addv=PETSc.InsertMode.INSERT_VALUES,
+                                 mode=PETSc.ScatterMode.FORWARD)
+        return self.target.array_r.copy() if self.work.comm.rank == 0 else None
+
+
+def _open(path, problem, trajectories, times, size, seed, resolution, dt, comm):
+    """Create the ``msm`` group on rank 0 and return it (None elsewhere)."""
+    if comm.rank != 0:
+        return None
+    group = h5py.File(path, "a").create_group("msm")
+    group.create_dataset("snapshots", (trajectories, times, size), dtype="f8",
+                         chunks=(1, min(times, 64), size))
+    group.create_dataset("times", (times,), dtype="f8")
+    group.create_dataset("parameters", (trajectories, len(problem.parameter_names)), dtype="f8")
+    group.attrs.update(problem=problem.name, parameter_names=list(problem.parameter_names), seed=seed,
+                       resolution=resolution, dt=dt, processes=comm.size,
+                       firedrake=version("firedrake"), petsc=version("petsc"),
+                       firedrake_msm=version("firedrake-msm"))
+    return group
+
+
+def _store(group, where, values):
+    if group is not None:
+        group["snapshots"][where] = values

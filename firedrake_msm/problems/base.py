@@ -1,0 +1,60 @@
+"""What a reference problem is."""
+from firedrake import SpatialCoordinate, dx, inner
+from irksome import Dt
+
+
+class Problem:
+    r"""A time-dependent PDE in semi-discrete form,
+
+    .. math:: (\partial_t u, v) + F(u; v) = 0 \quad \forall v,
+
+    on a fine or a coarse mesh, with Dirichlet conditions and a seeded random family of initial
+    conditions. The same residual :math:`F` serves the fine DNS (through Irksome), the coarse
+    baselines and the torch bridge. Problems know nothing of torch.
+
+    Subclasses set :attr:`name`, :attr:`t_end`, :attr:`dt`, :attr:`parameter_names` and implement
+    :meth:`mesh`, :meth:`function_space`, :meth:`residual`, :meth:`draw` and
+    :meth:`initial_condition`; :meth:`bcs`, :meth:`time_derivative` and :meth:`observed` have
+    defaults.
+    """
+    name = None
+    t_end = 1.0            # simulated time of one trajectory
+    dt = 1e-3              # DNS time step, and the interval between stored snapshots
+    parameter_names = ()   # the random parameters of one initial condition
+    fine, coarse = None, None   # default resolutions (what :meth:`mesh` takes)
+
+    def mesh(self, resolution, comm):
+        """The mesh at ``resolution`` (cells per side or a problem-specific key)."""
+        raise NotImplementedError
+
+    def function_space(self, mesh):
+        raise NotImplementedError
+
+    def residual(self, u, v):
+        """The 1-form :math:`F(u; v)`."""
+        raise NotImplementedError
+
+    def draw(self, rng):
+        """Values of :attr:`parameter_names` for one trajectory, from a numpy Generator."""
+        raise NotImplementedError
+
+    def initial_condition(self, x, p):
+        """UFL expression of the initial state in the coordinates ``x``, with the parameters as
+        the Constants ``p[name]`` (so one compiled kernel serves every trajectory)."""
+        raise NotImplementedError
+
+    def bcs(self, V):
+        return []
+
+    def time_derivative(self, u, v):
+        r"""The form :math:`(\partial_t u, v)` (mixed problems restrict it to their prognostic
+        part)."""
+        return inner(Dt(u), v) * dx
+
+    def set_initial_state(self, u, p):
+        """Assign the initial condition with parameters ``p`` (Constants) to the Function ``u``."""
+        u.interpolate(self.initial_condition(SpatialCoordinate(u.function_space().mesh()), p))
+
+    def observed(self, u):
+        """The field that is stored and learned from (a component, for mixed formulations)."""
+        return u

@@ -1,0 +1,73 @@
+"""Fine DNS of the reference problems: what they conserve or dissipate, convergence in time,
+and the dataset file."""
+import h5py
+import numpy as np
+import pytest
+from firedrake import COMM_WORLD, CheckpointFile
+
+from firedrake_msm.dns import simulate
+from firedrake_msm.problems import AdvectedPulse, Burgers2D, KdV
+
+
+def read(path):
+    with h5py.File(path, "r") as f:
+        return f["msm/snapshots"][...], f["msm/times"][...], dict(f["msm"].attrs)
+
+
+def test_pulse_conserves_mass(tmp_path):
+    path = simulate(AdvectedPulse(), tmp_path / "pulse.h5", trajectories=2, resolution=200, dt=0.01,
+                    t_end=0.2, progress=False)
+    snapshots, times, attrs = read(path)
+    assert snapshots.shape == (2, 21, 200) and np.allclose(times, 0.01 * np.arange(21))
+    assert attrs["problem"] == "pulse" and attrs["firedrake"]
+    mass = snapshots.sum(axis=2)         # uniform P1 on a periodic mesh: mass = h * sum
+    assert np.abs(mass - mass[:, :1]).max() < 1e-10 * np.abs(mass).max()
+
+
+def test_kdv_conserves_mass(tmp_path):
+    path = simulate(KdV(), tmp_path / "kdv.h5", trajectories=1, resolution=200, dt=0.01, t_end=0.1,
+                    progress=False)
+    snapshots, _, _ = read(path)
+    assert snapshots.shape == (1, 11, 200)
+    mass = snapshots.sum(axis=2)
+    assert np.abs(mass - mass[:, :1]).max() < 1e-9
+    assert np.abs(snapshots[0, -1] - snapshots[0, 0]).max() > 1e-3      # it moved
+
+
+def test_burgers_dissipates_energy(tmp_path):
+    path = simulate(Burgers2D(), tmp_path / "burgers.h5", trajectories=1, resolution=16, dt=0.02,
+                    t_end=0.2, progress=False)
+    snapshots, _, _ = read(path)
+    energy = (snapshots[0] ** 2).sum(axis=1)
+    assert np.all(np.diff(energy) < 0)
+
+
+@pytest.mark.parametrize("problem,resolution", [(KdV(), 40), (Burgers2D(), 8)])
+def test_second_order_in_time(tmp_path, problem, resolution):
+    """Implicit midpoint (Gauss-Legendre, one stage) converges at order 2 in dt, once dt resolves
+    the fastest modes of the mesh (KdV's dispersion is stiff: hence a coarse mesh here)."""
+    finals = []
+    for dt in (0.01, 0.005, 0.0025, 0.00015625):
+        path = simulate(problem, tmp_path / f"{dt}.h5", trajectories=1, resolution=resolution, dt=dt,
+                        t_end=0.2, progress=False)
+        finals.append(read(path)[0][0, -1])
+    errors = [np.abs(f - finals[-1]).max() for f in finals[:-1]]
+    orders = np.log2(np.array(errors[:-1]) / np.array(errors[1:]))
+    assert np.all(orders > 1.95), orders
+
+
+def test_mesh_and_dof_index_load_back(tmp_path):
+    path = simulate(AdvectedPulse(), tmp_path / "pulse.h5", trajectories=1, resolution=50, dt=0.1,
+                    t_end=0.2, progress=False)
+    with CheckpointFile(str(path), "r", comm=COMM_WORLD) as f:
+        mesh = f.load_mesh()
+        index = f.load_function(mesh, "dof_index")
+    assert sorted(index.dat.data_ro.astype(int)) == list(range(50))
+
+
+def test_bad_input_leaves_no_file(tmp_path):
+    with pytest.raises(ValueError, match="unknown problem"):
+        simulate("nonsense", tmp_path / "x.h5", trajectories=1)
+    with pytest.raises(ValueError, match="multiple of dt"):
+        simulate("pulse", tmp_path / "x.h5", trajectories=1, dt=0.3, t_end=1.0)
+    assert list(tmp_path.iterdir()) == []
