@@ -1,9 +1,11 @@
 """Fine DNS of the reference problems: what they conserve or dissipate, convergence in time,
 and the dataset file."""
+from pathlib import Path
+
 import h5py
 import numpy as np
 import pytest
-from firedrake import COMM_WORLD, CheckpointFile
+from firedrake import COMM_SELF, COMM_WORLD, CheckpointFile, Function, SpatialCoordinate, VectorFunctionSpace
 
 from firedrake_msm.dns import simulate
 from firedrake_msm.problems import AdvectedPulse, Burgers2D, KdV
@@ -71,3 +73,27 @@ def test_bad_input_leaves_no_file(tmp_path):
     with pytest.raises(ValueError, match="multiple of dt"):
         simulate("pulse", tmp_path / "x.h5", trajectories=1, dt=0.3, t_end=1.0)
     assert list(tmp_path.iterdir()) == []
+
+
+def in_coordinate_order(path):
+    """A dataset's snapshots with the dofs sorted by their coordinates (P1, non-periodic)."""
+    with CheckpointFile(str(path), "r", comm=COMM_SELF) as f:
+        mesh = f.load_mesh()
+        index = f.load_function(mesh, "dof_index")
+    X = Function(VectorFunctionSpace(mesh, "CG", 1)).interpolate(SpatialCoordinate(mesh)).dat.data_ro
+    coordinates = np.empty_like(X)
+    coordinates[index.dat.data_ro.astype(int)] = X
+    order = np.lexsort(coordinates.T[::-1].round(12))
+    return read(path)[0][..., order]
+
+
+@pytest.mark.parallel(nprocs=2)
+def test_parallel_dns_equals_serial(tmp_path):
+    comm = COMM_WORLD
+    folder = Path(comm.bcast(str(tmp_path) if comm.rank == 0 else None))
+    options = dict(trajectories=2, resolution=8, dt=0.05, t_end=0.2, progress=False)
+    simulate(Burgers2D(), folder / "parallel.h5", comm=comm, **options)
+    if comm.rank == 0:
+        simulate(Burgers2D(), folder / "serial.h5", comm=COMM_SELF, **options)
+        serial, parallel = in_coordinate_order(folder / "serial.h5"), in_coordinate_order(folder / "parallel.h5")
+        assert np.abs(serial - parallel).max() < 1e-10
