@@ -95,5 +95,6 @@ def test_parallel_dns_equals_serial(tmp_path):
     simulate(Burgers2D(), folder / "parallel.h5", comm=comm, **options)
     if comm.rank == 0:
         simulate(Burgers2D(), folder / "serial.h5", comm=COMM_SELF, **options)
-        serial, parallel = in_coordinate_order(folder / "serial.h5"), in_coordinate_order(folder / "parallel.h5")
+        serial = in_coordinate_order(folder / "serial.h5")
+        parallel = in_coordinate_order(folder / "parallel.h5")
         assert np.abs(serial - parallel).max() < 1e-10
