@@ -98,3 +98,13 @@ def test_parallel_dns_equals_serial(tmp_path):
         serial = in_coordinate_order(folder / "serial.h5")
         parallel = in_coordinate_order(folder / "parallel.h5")
         assert np.abs(serial - parallel).max() < 1e-10
+
+
+def test_command_line(tmp_path, capsys):
+    from firedrake_msm.cli import main
+    output = tmp_path / "pulse.h5"
+    assert main(["dns", "pulse", "--trajectories", "1", "--resolution", "40", "--dt", "0.05",
+                 "--t-end", "0.1", "--output", str(output)]) == 0
+    assert output.exists() and "wrote" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["dns", "nonsense"])

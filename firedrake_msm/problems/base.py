@@ -22,6 +22,7 @@ class Problem:
     dt = 1e-3              # DNS time step, and the interval between stored snapshots
     parameter_names = ()   # the random parameters of one initial condition
     fine, coarse = None, None   # default resolutions (what :meth:`mesh` takes)
+    trajectories = 30      # default dataset size: 20 train, 5 validation, 5 test
 
     def mesh(self, resolution, comm):
         """The mesh at ``resolution`` (cells per side or a problem-specific key)."""

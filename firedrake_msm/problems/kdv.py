@@ -23,6 +23,7 @@ class KdV(Problem):
     length = 10.0
     parameter_names = ("e",)
     fine, coarse = 1000, 20
+    trajectories = 20      # 10 train, 5 validation, 5 test
 
     def mesh(self, resolution, comm=COMM_WORLD):
         return PeriodicIntervalMesh(resolution, self.length, comm=comm)
