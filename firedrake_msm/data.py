@@ -58,7 +58,8 @@ class SnapshotWindows(torch.utils.data.Dataset):
             self.times = f["msm/times"][...]
         if window > n_times:
             raise ValueError(f"windows of {window} snapshots do not fit in {n_times} times")
-        self.window, self.transfer, self.noise_std, self.seed, self.dtype = window, transfer, noise_std, seed, dtype
+        self.window, self.transfer, self.dtype = window, transfer, dtype
+        self.noise_std, self.seed = noise_std, seed
         self.trajectories = list(range(n_trajectories)) if trajectories is None else list(trajectories)
         starts = np.arange(n_times - window + 1)
         if time_range is not None:
