@@ -8,6 +8,7 @@ h5py) with
 - ``snapshots``: ``(trajectories, times, N)`` observed states, in the global dof order of the
   writing run; ``dof_index`` maps a loaded space's dofs to that order;
 - ``times``: ``(times,)``; ``parameters``: ``(trajectories, len(parameter_names))``;
+- ``diagnostics/<name>``: ``(trajectories, times)`` scalars the problem reports (a lift coefficient);
 - attributes: the problem, its parameter names, the seed, resolution, time step and the
   Firedrake, PETSc and firedrake-msm versions.
 
@@ -22,16 +23,17 @@ import h5py
 import numpy as np
 from firedrake import COMM_WORLD, CheckpointFile, Constant, Function, TestFunction
 from firedrake.petsc import PETSc
-from irksome import GaussLegendre, TimeStepper
+from irksome import TimeStepper
 from tqdm import tqdm
 
 from firedrake_msm.problems import PROBLEMS
 
-SOLVER = {"snes_type": "newtonls", "snes_rtol": 1e-10, "snes_atol": 1e-13, "ksp_type": "preonly",
-          "pc_type": "lu"}
+# Newton with a direct solve (MUMPS copes with the saddle points of mixed problems).
+SOLVER = {"snes_type": "newtonls", "snes_rtol": 1e-10, "snes_atol": 1e-13, "mat_type": "aij",
+          "ksp_type": "preonly", "pc_type": "lu", "pc_factor_mat_solver_type": "mumps"}
 
 
-def simulate(problem, path, *, trajectories, seed=0, resolution=None, dt=None, t_end=None,
+def simulate(problem, path, *, trajectories, seed=0, resolution=None, dt=None, t_end=None, spin_up=None,
              comm=COMM_WORLD, progress=True):
     """Run ``trajectories`` fine simulations from seeded random initial conditions into ``path``.
 
@@ -45,8 +47,9 @@ def simulate(problem, path, *, trajectories, seed=0, resolution=None, dt=None, t
         How many initial conditions.
     seed : int
         Seeds the draws of the initial-condition parameters.
-    resolution, dt, t_end : optional
-        Override the problem's fine resolution, time step (also the output interval) and end time.
+    resolution, dt, t_end, spin_up : optional
+        Override the problem's fine resolution, time step (also the output interval), end time
+        and the time simulated before the first stored snapshot.
     comm : mpi4py.MPI.Comm
         Where to run; results do not depend on the number of processes.
     progress : bool
@@ -66,9 +69,12 @@ def simulate(problem, path, *, trajectories, seed=0, resolution=None, dt=None, t
         raise ValueError(f"trajectories must be at least 1, not {trajectories}")
     dt = problem.dt if dt is None else dt
     t_end = problem.t_end if t_end is None else t_end
-    steps = int(round(t_end / dt))
-    if steps < 1 or not np.isclose(steps * dt, t_end):
-        raise ValueError(f"t_end = {t_end} is not a positive multiple of dt = {dt}")
+    spin_up = problem.spin_up if spin_up is None else spin_up
+    steps, first = int(round(t_end / dt)), int(round(spin_up / dt))
+    if steps < 1 or not np.isclose(steps * dt, t_end) or not np.isclose(first * dt, spin_up):
+        raise ValueError(f"t_end = {t_end} and spin_up = {spin_up} must be multiples of dt = {dt}")
+    if not 0 <= first < steps:
+        raise ValueError(f"spin_up = {spin_up} must lie in [0, t_end = {t_end})")
     resolution = problem.fine if resolution is None else resolution
     path = Path(path)
     partial = path.with_name(path.name + ".partial")
@@ -78,7 +84,8 @@ def simulate(problem, path, *, trajectories, seed=0, resolution=None, dt=None, t
     state, test = Function(V), TestFunction(V)
     t, dt_c = Constant(0.0), Constant(dt)
     F = problem.time_derivative(state, test) + problem.residual(state, test)
-    stepper = TimeStepper(F, GaussLegendre(1), t, dt_c, state, bcs=problem.bcs(V), solver_parameters=SOLVER)
+    stepper = TimeStepper(F, problem.scheme, t, dt_c, state, bcs=problem.bcs(V),
+                          stage_type=problem.stage_type, solver_parameters=SOLVER)
     parameters = {name: Constant(0.0) for name in problem.parameter_names}
     observed = problem.observed(state)
     V_obs = observed.function_space().collapse()
@@ -93,25 +100,26 @@ def simulate(problem, path, *, trajectories, seed=0, resolution=None, dt=None, t
             with index.dat.vec_wo as vec:
                 vec.array[:] = np.arange(*vec.getOwnershipRange())
             checkpoint.save_function(index)
-        snapshots = _open(partial, problem, trajectories, steps + 1, gather.size, seed, resolution, dt, comm)
+        n_times = steps - first + 1
+        group = _open(partial, problem, trajectories, n_times, gather.size, seed, resolution, dt, comm)
         bar = tqdm(total=trajectories * steps, desc=f"DNS {problem.name}", unit="step",
                    disable=not progress or comm.rank != 0)
         for k, draw in enumerate(draws):
             for name, value in draw.items():
                 parameters[name].assign(value)
             problem.set_initial_state(state, parameters)
-            t.assign(0.0)
-            _store(snapshots, (k, 0), gather(observed))
-            for step in range(1, steps + 1):
-                stepper.advance()
+            for step in range(steps + 1):
+                if step:
+                    stepper.advance()
+                    bar.update()
                 t.assign(step * dt)
-                _store(snapshots, (k, step), gather(observed))
-                bar.update()
+                if step >= first:
+                    _store(group, k, step - first, gather(observed), problem.diagnostics(state), n_times)
         bar.close()
         if comm.rank == 0:
-            snapshots["parameters"][:] = [[d[name] for name in problem.parameter_names] for d in draws]
-            snapshots["times"][:] = dt * np.arange(steps + 1)
-            snapshots.file.close()
+            group["parameters"][:] = [[d[name] for name in problem.parameter_names] for d in draws]
+            group["times"][:] = dt * np.arange(first, steps + 1)
+            group.file.close()
             os.replace(partial, path)
     except BaseException:
         if comm.rank == 0 and partial.exists():
@@ -154,6 +162,10 @@ def _open(path, problem, trajectories, times, size, seed, resolution, dt, comm):
     return group
 
 
-def _store(group, where, values):
-    if group is not None:
-        group["snapshots"][where] = values
+def _store(group, trajectory, index, values, diagnostics, n_times):
+    if group is None:
+        return
+    group["snapshots"][trajectory, index] = values
+    for name, value in diagnostics.items():
+        shape = (group["snapshots"].shape[0], n_times)
+        group.require_dataset(f"diagnostics/{name}", shape, dtype="f8")[trajectory, index] = value

@@ -1,6 +1,7 @@
 // Channel flow past a cylinder (the Schaefer-Turek geometry: 2.2 x 0.41, cylinder of radius 0.05
 // centred at (0.2, 0.2)). Mesh size h far away, h/hc on the cylinder.
 //   gmsh -2 -format msh41 -setnumber h 0.1 -o cylinder_coarse.msh cylinder.geo
+//   gmsh -2 -format msh41 -setnumber h 0.03 -o cylinder_fine.msh cylinder.geo
 DefineConstant[ h = {0.1, Name "mesh size"}, hc = {4, Name "refinement on the cylinder"} ];
 L = 2.2; H = 0.41; xc = 0.2; yc = 0.2; r = 0.05;
 Point(1) = {0, 0, 0, h};

@@ -8,7 +8,7 @@ import pytest
 from firedrake import COMM_SELF, COMM_WORLD, CheckpointFile, Function, SpatialCoordinate, VectorFunctionSpace
 
 from firedrake_msm.dns import simulate
-from firedrake_msm.problems import AdvectedPulse, Burgers2D, KdV
+from firedrake_msm.problems import AdvectedPulse, Burgers2D, Cylinder, KdV
 
 
 def read(path):
@@ -70,7 +70,7 @@ def test_mesh_and_dof_index_load_back(tmp_path):
 def test_bad_input_leaves_no_file(tmp_path):
     with pytest.raises(ValueError, match="unknown problem"):
         simulate("nonsense", tmp_path / "x.h5", trajectories=1)
-    with pytest.raises(ValueError, match="multiple of dt"):
+    with pytest.raises(ValueError, match="multiples of dt"):
         simulate("pulse", tmp_path / "x.h5", trajectories=1, dt=0.3, t_end=1.0)
     assert list(tmp_path.iterdir()) == []
 
@@ -108,3 +108,13 @@ def test_command_line(tmp_path, capsys):
     assert output.exists() and "wrote" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         main(["dns", "nonsense"])
+
+
+def test_cylinder_runs_and_reports_forces(tmp_path):
+    path = simulate(Cylinder(), tmp_path / "cylinder.h5", trajectories=1, resolution="coarse", dt=0.01,
+                    t_end=0.05, spin_up=0.02, progress=False)
+    with h5py.File(path, "r") as f:
+        assert f["msm/snapshots"].shape[:2] == (1, 4)
+        assert np.allclose(f["msm/times"][...], [0.02, 0.03, 0.04, 0.05])
+        drag = f["msm/diagnostics/drag"][0]
+    assert np.all(drag > 0)            # the flow pushes the cylinder downstream

@@ -1,6 +1,6 @@
 """What a reference problem is."""
 from firedrake import SpatialCoordinate, dx, inner
-from irksome import Dt
+from irksome import Dt, GaussLegendre
 
 
 class Problem:
@@ -19,8 +19,11 @@ class Problem:
     """
     name = None
     t_end = 1.0            # simulated time of one trajectory
+    spin_up = 0.0          # time simulated before the first stored snapshot
     dt = 1e-3              # DNS time step, and the interval between stored snapshots
     parameter_names = ()   # the random parameters of one initial condition
+    scheme = GaussLegendre(1)   # the DNS's Runge-Kutta method (implicit midpoint)
+    stage_type = "deriv"   # Irksome's formulation of the stages
     fine, coarse = None, None   # default resolutions (what :meth:`mesh` takes)
     trajectories = 30      # default dataset size: 20 train, 5 validation, 5 test
 
@@ -59,3 +62,7 @@ class Problem:
     def observed(self, u):
         """The field that is stored and learned from (a component, for mixed formulations)."""
         return u
+
+    def diagnostics(self, u):
+        """Scalars stored beside each snapshot (name to value), e.g. a lift coefficient."""
+        return {}

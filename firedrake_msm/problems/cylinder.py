@@ -1,0 +1,81 @@
+"""Incompressible flow past a cylinder in a channel (the Schaefer-Turek geometry), Re = 160."""
+from pathlib import Path
+
+from firedrake import (COMM_WORLD, Constant, DirichletBC, FacetNormal, FunctionSpace, Identity,
+                       SpatialCoordinate, VectorFunctionSpace, as_vector, assemble, div, dot, ds, dx, grad,
+                       inner, split, sym)
+from irksome import Dt, RadauIIA
+
+from firedrake_msm.meshes import load_mesh, read_physical_names
+from firedrake_msm.problems.base import Problem
+
+MESHES = Path(__file__).resolve().parents[2] / "meshes"
+
+
+class Cylinder(Problem):
+    r"""Navier-Stokes, :math:`u_t + (u\cdot\nabla)u - \nu\Delta u + \nabla p = 0`,
+    :math:`\nabla\cdot u = 0`, in the channel :math:`[0, 2.2]\times[0, 0.41]` around a cylinder of
+    diameter :math:`D = 0.1`, Taylor-Hood P2/P1 on the Gmsh meshes ``meshes/cylinder_*.msh``.
+
+    Parabolic inflow of mean speed :math:`\bar U = 1`, no slip on the walls and the cylinder,
+    do-nothing outflow; :math:`\nu = \bar U D / 160`. The flow starts from rest; after
+    :attr:`spin_up` the wake sheds vortices, and that is what is stored (one long trajectory, to
+    be split in time). Only the velocity is observed.
+    """
+    name = "cylinder"
+    reynolds = 160.0
+    diameter = 0.1
+    mean_speed = 1.0
+    height = 0.41
+    t_end, dt, spin_up = 15.0, 0.01, 5.0
+    fine, coarse = "fine", "coarse"
+    trajectories = 1
+    # Stiffly accurate, so that the pressure (an algebraic variable) is the last stage's rather
+    # than the odd-even oscillation the implicit midpoint rule leaves in it.
+    scheme, stage_type = RadauIIA(2), "value"
+    names = read_physical_names(MESHES / "cylinder_coarse.msh")   # both meshes come from one .geo
+
+    def mesh(self, resolution, comm=COMM_WORLD):
+        return load_mesh(MESHES / f"cylinder_{resolution}.msh", comm=comm)[0]
+
+    def function_space(self, mesh):
+        return VectorFunctionSpace(mesh, "CG", 2) * FunctionSpace(mesh, "CG", 1)
+
+    @property
+    def viscosity(self):
+        return self.mean_speed * self.diameter / self.reynolds
+
+    def residual(self, state, test):
+        u, p = split(state)
+        v, q = split(test)
+        return (inner(dot(grad(u), u), v) + self.viscosity * inner(grad(u), grad(v))
+                - p * div(v) + q * div(u)) * dx
+
+    def time_derivative(self, state, test):
+        return inner(Dt(split(state)[0]), split(test)[0]) * dx
+
+    def bcs(self, W):
+        x, y = SpatialCoordinate(W.mesh())
+        inflow = as_vector((6 * self.mean_speed * y * (self.height - y) / self.height**2, 0))
+        V = W.sub(0)
+        return [DirichletBC(V, inflow, self.names["inlet"]),
+                DirichletBC(V, Constant((0.0, 0.0)), (self.names["walls"], self.names["cylinder"]))]
+
+    def draw(self, rng):
+        return {}
+
+    def initial_condition(self, x, p):
+        return as_vector((0.0, 0.0, 0.0))
+
+    def observed(self, state):
+        return state.subfunctions[0]
+
+    def diagnostics(self, state):
+        r"""Drag and lift coefficients :math:`2F / (\bar U^2 D)`, with the force on the cylinder
+        :math:`F = -\int \sigma n\,ds` (:math:`n` out of the fluid)."""
+        u, p = split(state)
+        n = FacetNormal(state.function_space().mesh())
+        sigma = -p * Identity(2) + 2 * self.viscosity * sym(grad(u))
+        scale = 2 / (self.mean_speed**2 * self.diameter)
+        return {name: scale * assemble(-dot(sigma, n)[k] * ds(self.names["cylinder"]))
+                for k, name in enumerate(("drag", "lift"))}
