@@ -118,3 +118,10 @@ def test_cylinder_runs_and_reports_forces(tmp_path):
         assert np.allclose(f["msm/times"][...], [0.02, 0.03, 0.04, 0.05])
         drag = f["msm/diagnostics/drag"][0]
     assert np.all(drag > 0)            # the flow pushes the cylinder downstream
+
+
+def test_strouhal_of_a_sine():
+    times = np.linspace(0, 3, 301)
+    assert np.isclose(Cylinder().strouhal(times, 0.3 + np.sin(2 * np.pi * 1.9 * times)), 0.19, rtol=1e-3)
+    with pytest.raises(ValueError, match="no shedding"):
+        Cylinder().strouhal(times, times)

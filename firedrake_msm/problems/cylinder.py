@@ -1,6 +1,7 @@
 """Incompressible flow past a cylinder in a channel (the Schaefer-Turek geometry), Re = 160."""
 from pathlib import Path
 
+import numpy as np
 from firedrake import (COMM_WORLD, Constant, DirichletBC, FacetNormal, FunctionSpace, Identity,
                        SpatialCoordinate, VectorFunctionSpace, as_vector, assemble, div, dot, ds, dx, grad,
                        inner, split, sym)
@@ -69,6 +70,16 @@ class Cylinder(Problem):
 
     def observed(self, state):
         return state.subfunctions[0]
+
+    def strouhal(self, times, lift):
+        r"""Strouhal number :math:`St = D / (\bar U T)` of a lift signal, :math:`T` the mean time
+        between its upward crossings of its mean (linearly interpolated)."""
+        signal = np.asarray(lift) - np.mean(lift)
+        k = np.flatnonzero((signal[:-1] < 0) & (signal[1:] >= 0))
+        if len(k) < 2:
+            raise ValueError("the lift does not oscillate over two periods: no shedding to measure")
+        crossings = times[k] - signal[k] * (times[k + 1] - times[k]) / (signal[k + 1] - signal[k])
+        return self.diameter / (self.mean_speed * np.mean(np.diff(crossings)))
 
     def diagnostics(self, state):
         r"""Drag and lift coefficients :math:`2F / (\bar U^2 D)`, with the force on the cylinder
