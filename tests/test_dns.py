@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from firedrake import COMM_SELF, COMM_WORLD, CheckpointFile, Function, SpatialCoordinate, VectorFunctionSpace
 
+from firedrake_msm.data import load_space
 from firedrake_msm.dns import simulate
 from firedrake_msm.problems import AdvectedPulse, Burgers2D, Cylinder, KdV
 
@@ -135,3 +136,20 @@ def test_cylinder_sheds_at_the_published_strouhal_number(tmp_path):
     with h5py.File(path, "r") as f:
         strouhal = problem.strouhal(f["msm/times"][...], f["msm/diagnostics/lift"][0])
     assert abs(strouhal - 0.19) < 0.019, strouhal
+
+
+def test_pulse_converges_to_the_translated_pulse(tmp_path):
+    """P1 Galerkin with implicit midpoint, h and dt refined together: the nodal error against the
+    exact solution u0(x - t) falls at least at second order (3.3 and 2.6 measured)."""
+    errors = []
+    for n in (250, 500, 1000):
+        path = simulate(AdvectedPulse(), tmp_path / f"{n}.h5", trajectories=1, resolution=n, dt=0.1 / n,
+                        t_end=0.05, progress=False)
+        V, order = load_space(path)
+        x = Function(V).interpolate(SpatialCoordinate(V.mesh())[0]).dat.data_ro
+        with h5py.File(path, "r") as f:
+            u, width, t = f["msm/snapshots"][0, -1][order], f["msm/parameters"][0, 0], f["msm/times"][-1]
+        distance = (x - t) % 1.0 - 0.5                     # to the pulse's centre, periodically
+        errors.append(np.sqrt(np.mean((u - np.exp(-(distance / width) ** 2)) ** 2)))
+    orders = np.log2(np.array(errors[:-1]) / np.array(errors[1:]))
+    assert np.all(orders > 1.9), orders
