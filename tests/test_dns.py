@@ -5,7 +5,8 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from firedrake import COMM_SELF, COMM_WORLD, CheckpointFile, Function, SpatialCoordinate, VectorFunctionSpace
+from firedrake import (COMM_SELF, COMM_WORLD, CheckpointFile, Function, FunctionSpace, SpatialCoordinate,
+                       TestFunction, VectorFunctionSpace, assemble, div, dx)
 
 from firedrake_msm.data import load_space
 from firedrake_msm.dns import simulate
@@ -111,14 +112,26 @@ def test_command_line(tmp_path, capsys):
         main(["dns", "nonsense"])
 
 
-def test_cylinder_runs_and_reports_forces(tmp_path):
-    path = simulate(Cylinder(), tmp_path / "cylinder.h5", trajectories=1, resolution="coarse", dt=0.01,
-                    t_end=0.05, spin_up=0.02, progress=False)
-    with h5py.File(path, "r") as f:
-        assert f["msm/snapshots"].shape[:2] == (1, 4)
-        assert np.allclose(f["msm/times"][...], [0.02, 0.03, 0.04, 0.05])
-        drag = f["msm/diagnostics/drag"][0]
-    assert np.all(drag > 0)            # the flow pushes the cylinder downstream
+def test_cylinder_conserves_mass_and_converges_in_time(tmp_path):
+    """The stored velocity is discretely divergence free, (div u, q) = 0 for P1 q, the drag ends
+    positive, and the velocity converges in dt (RadauIIA(2) from an impulsive start: order 2)."""
+    finals = []
+    for dt in (0.02, 0.01, 0.005, 0.00125):
+        path = simulate(Cylinder(), tmp_path / f"{dt}.h5", trajectories=1, resolution="coarse", dt=dt,
+                        t_end=0.1, spin_up=0.0, progress=False)
+        with h5py.File(path, "r") as f:
+            finals.append(f["msm/snapshots"][0, -1])
+            drag = f["msm/diagnostics/drag"][0, -1]
+        assert drag > 0
+    errors = [np.abs(f - finals[-1]).max() for f in finals[:-1]]
+    orders = np.log2(np.array(errors[:-1]) / np.array(errors[1:]))
+    assert np.all(orders > 1.8), orders
+
+    V, order = load_space(path)
+    u = Function(V)
+    u.dat.data[:] = finals[-1][order].reshape(u.dat.data_ro.shape)
+    Q = FunctionSpace(V.mesh(), "CG", 1)
+    assert np.abs(assemble(div(u) * TestFunction(Q) * dx).dat.data_ro).max() < 1e-10
 
 
 def test_strouhal_of_a_sine():
