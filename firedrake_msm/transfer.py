@@ -1,8 +1,8 @@
 """Moving fields between a fine and a coarse space: restriction and prolongation."""
-import numpy as np
 import scipy.sparse as sp
 import torch
-from firedrake import Function, TestFunction, TrialFunction, assemble, dx, grad, inner, interpolate
+from firedrake import TestFunction, TrialFunction, assemble, dx, grad, inner, interpolate
+from firedrake.ml.pytorch import from_torch, to_torch
 
 from firedrake_msm.bridge.mass import to_torch_sparse
 
@@ -61,24 +61,13 @@ class Transfer(torch.nn.Module):
 
     def restrict_function(self, y):
         """:meth:`restrict` for one Firedrake Function on the fine space."""
-        return _function(self.V_coarse, self.restrict(_tensor(y, self.cholesky)))
+        return from_torch(self.restrict(to_torch(y)).cpu()[0], self.V_coarse)
 
     def prolong_function(self, u):
         """:meth:`prolong` for one Firedrake Function on the coarse space."""
-        return _function(self.V_fine, self.prolong(_tensor(u, self.cholesky)))
+        return from_torch(self.prolong(to_torch(u)).cpu()[0], self.V_fine)
 
 
 def _scipy(matrix):
     petsc = matrix.petscmat
     return sp.csr_matrix(petsc.getValuesCSR()[::-1], shape=petsc.getSize())
-
-
-def _tensor(f, like):
-    data = np.concatenate([d.data_ro.reshape(-1) for d in f.dat])
-    return torch.as_tensor(data, dtype=like.dtype, device=like.device)[None]
-
-
-def _function(V, values):
-    f = Function(V)
-    f.dat.data[:] = values[0].detach().cpu().numpy().reshape(f.dat.data_ro.shape)
-    return f

@@ -1,7 +1,7 @@
 """The coarse physics drift :math:`f(u) = -M^{-1}F(u)` with Dirichlet conditions."""
-import numpy as np
 import torch
 from firedrake import Function
+from firedrake.ml.pytorch import to_torch
 
 from firedrake_msm.bridge.mass import MassOperator, bc_dofs
 from firedrake_msm.bridge.residual import ResidualOperator
@@ -48,9 +48,9 @@ class PhysicsDrift(torch.nn.Module):
         held = Function(V)
         for bc in bcs:
             bc.apply(held)
-        values = np.concatenate([d.data_ro.reshape(-1) for d in held.dat])[dofs]
+        values = to_torch(held, batched=False)[dofs]
         self.register_buffer("bc_dofs", torch.as_tensor(dofs, device=device), persistent=False)
-        self.register_buffer("bc_values", torch.as_tensor(values, dtype=dtype, device=device),
+        self.register_buffer("bc_values", values.to(dtype=dtype, device=device),
                              persistent=False)
         self.boundary_values = boundary_values
 

@@ -8,6 +8,7 @@ from ufl.corealg.map_dag import map_expr_dag
 from ufl.corealg.multifunction import MultiFunction
 from ufl.domain import extract_unique_domain
 from firedrake import Constant, FunctionSpace, TestFunction, assemble, dx
+from firedrake.ml.pytorch import to_torch
 from finat.element_factory import as_fiat_cell
 from tsfc.fem import get_quadrature_rule
 from tsfc.modified_terminals import analyse_modified_terminal
@@ -180,7 +181,7 @@ class _CellTerm(torch.nn.Module):
             cell = as_fiat_cell(extract_unique_domain(t).ufl_cell())
             vertices = np.asarray(cell.get_vertices(), dtype=float)
             basis = Basis(X.function_space(), self._cells, vertices, grad=False)
-            vertices = basis.evaluate(_flat(X)[None])[:, :, :, 0, 0]          # (n_vertices, C, gdim)
+            vertices = basis.evaluate(to_torch(X))[:, :, :, 0, 0]          # (n_vertices, C, gdim)
             if isinstance(t, uc.CellEdgeVectors):     # as TSFC: x[a] - x[b] for each edge (a, b)
                 a, b = np.array([edge for _, edge in sorted(cell.get_topology()[1].items())]).T
                 vertices = vertices[a] - vertices[b]
@@ -199,7 +200,7 @@ class _CellTerm(torch.nn.Module):
     def _evaluate_static(self, f, W, order):
         """A fixed Function's values (order 0) or reference gradients (order 1) at the points."""
         basis = Basis(W, self._cells, self._points, value=order == 0, grad=order == 1)
-        value = _leaf_layout(basis.evaluate(_flat(f)[None]), 0, order, basis.value_shape)
+        value = _leaf_layout(basis.evaluate(to_torch(f)), 0, order, basis.value_shape)
         # Cellwise constants (the Jacobian of affine cells) keep one point: less to read per call.
         return value[:1] if bool((value == value[:1]).all()) else value
 
@@ -246,11 +247,6 @@ class _Substitute(MultiFunction):
 
     def terminal(self, o):
         return self.mapping.get(o, o)
-
-
-def _flat(f):
-    """A Function's dofs as one float64 tensor, in the order of ``Function.dat``."""
-    return torch.as_tensor(np.concatenate([d.data_ro.reshape(-1) for d in f.dat]))
 
 
 def _weights(rule):
