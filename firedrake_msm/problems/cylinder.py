@@ -22,6 +22,11 @@ class Cylinder(Problem):
     do-nothing outflow; :math:`\nu = \bar U D / 160`. The flow starts from rest; after
     :attr:`spin_up` the wake sheds vortices, and that is what is stored (one long trajectory, to
     be split in time). Only the velocity is observed.
+
+    Measured on the fine mesh (``firedrake-msm dns cylinder``, t in [5, 15]): the lift oscillates
+    between -1.74 and 1.72 at a Strouhal number of 0.313 (the same over [5, 10] and [10, 15]),
+    mean drag coefficient 3.08. The channel confines the wake (blockage D/H = 0.24), which raises
+    the shedding frequency above the unconfined cylinder's St = 0.19 at this Reynolds number.
     """
     name = "cylinder"
     reynolds = 160.0
