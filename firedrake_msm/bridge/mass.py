@@ -4,7 +4,6 @@ import scipy.sparse as sp
 import torch
 from finat.quadrature import make_quadrature
 from firedrake import TestFunction, TrialFunction, assemble, dx, inner
-from finat.element_factory import as_fiat_cell
 
 from firedrake_msm.bridge.tabulation import component_groups, tabulate
 
@@ -52,7 +51,7 @@ class MassOperator(torch.nn.Module):
         if method == "lumped":
             diag = M.diagonal().copy()
             for g in groups:
-                diag[g.dofs.ravel()] /= _hrz_factor(g.element, V.mesh())
+                diag[g.dofs.ravel()] /= _hrz_factor(g.element)
             diag[fixed] = 1.0
             self.register_buffer("diag", torch.as_tensor(diag), persistent=False)
             self.solver = "lumped"
@@ -161,10 +160,9 @@ def _constrain(M, fixed):
     return (D @ M @ D + sp.diags(1.0 - keep)).tocsr()
 
 
-def _hrz_factor(element, mesh):
+def _hrz_factor(element):
     r""":math:`\sum_j \int_{\hat K}\hat\phi_j^2 / |\hat K|` for a scalar reference element."""
-    cell = as_fiat_cell(mesh.ufl_cell())
-    rule = make_quadrature(cell, 2 * element.degree() + 2)
+    rule = make_quadrature(element.get_reference_element(), 2 * element.degree() + 2)
     points = np.asarray(rule.point_set.points, dtype=float)
     (values,) = tabulate(element, points, [None])
     weights = np.asarray(rule.weights)
