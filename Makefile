@@ -9,6 +9,9 @@ export OMP_NUM_THREADS := 1
 export OMPI_ALLOW_RUN_AS_ROOT := 1
 export OMPI_ALLOW_RUN_AS_ROOT_CONFIRM := 1
 export OMPI_MCA_rmaps_base_oversubscribe := 1
+# PETSc sees pytest's command line (Firedrake passes sys.argv to it) and would list every
+# pytest flag as an unused PETSc option at exit.
+export PETSC_OPTIONS := -options_left no
 
 .PHONY: install demo test lint bench
 
