@@ -42,8 +42,6 @@ class PhysicsDrift(torch.nn.Module):
         V = u.function_space()
         self.residual = ResidualOperator(F, u, parameters=parameters, dtype=dtype, device=device)
         self.mass = MassOperator(V, mass, bcs=bcs, dtype=dtype, device=device)
-        free_mass = MassOperator(V, mass, dtype=dtype, device=device) if boundary_values else None
-        self.free_mass = free_mass
         dofs = bc_dofs(V, bcs)
         held = Function(V)
         for bc in bcs:
@@ -76,7 +74,7 @@ class PhysicsDrift(torch.nn.Module):
                 _, rate = torch.func.jvp(self.boundary_values, (t,), (torch.ones_like(t),))
                 lift = torch.zeros_like(U)
                 lift[:, self.bc_dofs] = rate
-                rhs = rhs - self.free_mass(lift)
+                rhs = rhs - self.mass(lift)
             rhs = rhs.clone()
             rhs[:, self.bc_dofs] = rate
         return self.mass.solve(rhs)

@@ -26,7 +26,8 @@ class MassOperator(torch.nn.Module):
         linear elements, and positive for every Lagrange degree, unlike row sums for P2). It
         changes the scheme: see the README for its error.
     bcs : sequence of firedrake.DirichletBC
-        Constrained dofs: their rows and columns of :math:`M` are replaced by the identity.
+        Constrained dofs: :meth:`solve` inverts :math:`M` with their rows and columns replaced by
+        the identity; the action :meth:`forward` is always that of :math:`M` itself.
     dense_limit : int
         Largest N factorised densely.
     rtol : float, optional
@@ -43,9 +44,9 @@ class MassOperator(torch.nn.Module):
         u, v = TrialFunction(V), TestFunction(V)
         petsc = assemble(inner(u, v) * dx, mat_type="aij").petscmat
         M = sp.csr_matrix(petsc.getValuesCSR()[::-1], shape=petsc.getSize())
+        self.register_buffer("matrix", to_torch_sparse(M), persistent=False)
         fixed = bc_dofs(V, bcs)
         M = _constrain(M, fixed)
-        self.register_buffer("matrix", to_torch_sparse(M), persistent=False)
         self.rtol = rtol
         dofs = np.concatenate([g.dofs.reshape(len(g.dofs), -1) for g in groups], axis=1)
         if method == "lumped":
@@ -67,6 +68,7 @@ class MassOperator(torch.nn.Module):
                                  persistent=False)
             self.solver = "cholesky"
         else:
+            self.register_buffer("constrained", to_torch_sparse(M), persistent=False)
             self.register_buffer("inverse_diag", torch.as_tensor(1.0 / M.diagonal()), persistent=False)
             self.solver = "cg"
         self.to(device=device, dtype=dtype)
@@ -89,7 +91,7 @@ class MassOperator(torch.nn.Module):
             return out
         if self.solver == "cholesky":
             return torch.cholesky_solve(R.T, self.cholesky).T
-        return _pcg(self.matrix, self.inverse_diag, R, self._rtol(R.dtype))
+        return _pcg(self.constrained, self.inverse_diag, R, self._rtol(R.dtype))
 
     def _rtol(self, dtype):
         if self.rtol is not None:

@@ -95,12 +95,11 @@ class ResidualOperator(torch.nn.Module):
         for itg_data in form_data.integral_data:
             if itg_data.integral_type == "cell" and len(cells[itg_data.subdomain_id]) == 0:
                 continue
+            describe = _describe(F, itg_data)
+            if itg_data.integral_type != "cell":
+                raise UnsupportedUFLError(f"{itg_data.integral_type} integrals (ds, dS) are not supported by "
+                                          f"the torch bridge; found {describe}")
             for integral in itg_data.integrals:
-                describe = _describe(F, itg_data)
-                if itg_data.integral_type != "cell":
-                    raise UnsupportedUFLError(
-                        f"{itg_data.integral_type} integrals (ds, dS) are not supported by the torch "
-                        f"bridge; found {describe}")
                 term = _CellTerm(integral, V, u, cells[itg_data.subdomain_id], originals, self.constants,
                                  describe)
                 self.terms.append(term)

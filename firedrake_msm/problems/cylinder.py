@@ -1,4 +1,5 @@
 """Incompressible flow past a cylinder in a channel (the Schaefer-Turek geometry), Re = 160."""
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -39,7 +40,11 @@ class Cylinder(Problem):
     # Stiffly accurate, so that the pressure (an algebraic variable) is the last stage's rather
     # than the odd-even oscillation the implicit midpoint rule leaves in it.
     scheme, stage_type = RadauIIA(2), "value"
-    names = read_physical_names(MESHES / "cylinder_coarse.msh")   # both meshes come from one .geo
+
+    @cached_property
+    def names(self):
+        """Physical names to tags (both meshes come from one ``.geo``)."""
+        return read_physical_names(MESHES / "cylinder_coarse.msh")
 
     def mesh(self, resolution, comm=COMM_WORLD):
         return load_mesh(MESHES / f"cylinder_{resolution}.msh", comm=comm)[0]
