@@ -85,3 +85,43 @@ class SnapshotWindows(torch.utils.data.Dataset):
         if self.transfer is not None:
             item["coarse"] = self.transfer.restrict(torch.as_tensor(fine)).to(self.dtype)
         return item
+
+
+def splits(path):
+    """The train / validation / test split of a dataset, as :class:`SnapshotWindows` keywords.
+
+    Several trajectories are split by trajectory: the last 5 test, the 5 before validate (DESIGN.md
+    §4's 20/5/5 and 10/5/5), scaled down for small datasets. One trajectory is split in time, as
+    the reference cylinder data (train on the first 13/15 of the stored interval, validate on the
+    next 1/15, test on the last 1/15).
+    """
+    with h5py.File(path, "r") as f:
+        n, _, _ = f["msm/snapshots"].shape
+        times = f["msm/times"][...]
+    if n == 1:
+        t0, t1 = float(times[0]), float(times[-1])
+        cut = [t0 + (t1 - t0) * k / 15 for k in (13, 14)]
+        return {"train": {"time_range": (t0, cut[0])}, "validation": {"time_range": (cut[0], cut[1])},
+                "test": {"time_range": (cut[1], t1)}}
+    if n < 3:
+        raise ValueError(f"{path} holds {n} trajectories: at least 3 are needed to train, validate and test")
+    held = 5 if n >= 15 else max(1, n // 6)
+    return {"train": {"trajectories": range(n - 2 * held)},
+            "validation": {"trajectories": range(n - 2 * held, n - held)},
+            "test": {"trajectories": range(n - held, n)}}
+
+
+def load_trajectories(path, *, trajectories=None, time_range=None):
+    """Whole trajectories of a dataset (for forecasts), in the dof order of :func:`load_space`.
+
+    Returns ``times`` ``(T,)`` and ``snapshots`` ``(n, T, N_h)`` (numpy, float64) for the chosen
+    ``trajectories`` (default all) and the times inside ``time_range`` (default all).
+    """
+    _, order = load_space(path)
+    with h5py.File(path, "r") as f:
+        times = f["msm/times"][...]
+        keep = np.ones(len(times), dtype=bool) if time_range is None else \
+            (times >= time_range[0]) & (times <= time_range[1])
+        rows = list(range(f["msm/snapshots"].shape[0]) if trajectories is None else trajectories)
+        snapshots = np.stack([f["msm/snapshots"][k][keep][:, order] for k in rows])
+    return times[keep], snapshots

@@ -1,10 +1,16 @@
-"""Moving fields between a fine and a coarse space: restriction and prolongation."""
+"""Moving fields between a fine and a coarse space: restriction, prolongation, and the coarse
+cell around each fine node."""
+from dataclasses import dataclass
+
+import numpy as np
 import scipy.sparse as sp
 import torch
-from firedrake import TestFunction, TrialFunction, assemble, dx, grad, inner, interpolate
+from firedrake import (Function, FunctionSpace, SpatialCoordinate, TestFunction, TrialFunction,
+                       VectorFunctionSpace, assemble, dx, grad, inner, interpolate)
 from firedrake.ml.pytorch import from_torch, to_torch
 
 from firedrake_msm.bridge.mass import to_torch_sparse
+from firedrake_msm.bridge.tabulation import component_groups, tabulate
 
 
 class Transfer(torch.nn.Module):
@@ -40,11 +46,11 @@ class Transfer(torch.nn.Module):
                              f"mesh, {V_coarse.value_shape} on the coarse one")
         self.V_fine, self.V_coarse = V_fine, V_coarse
         self.filter_width = filter_width
-        P = _scipy(assemble(interpolate(TrialFunction(V_coarse), V_fine)))
+        P = scipy_matrix(assemble(interpolate(TrialFunction(V_coarse), V_fine)))
         u, v = TrialFunction(V_fine), TestFunction(V_fine)
-        M_fine = _scipy(assemble(inner(u, v) * dx))
+        M_fine = scipy_matrix(assemble(inner(u, v) * dx))
         u, v = TrialFunction(V_coarse), TestFunction(V_coarse)
-        A = _scipy(assemble((inner(u, v) + filter_width**2 * inner(grad(u), grad(v))) * dx))
+        A = scipy_matrix(assemble((inner(u, v) + filter_width**2 * inner(grad(u), grad(v))) * dx))
         self.register_buffer("prolongation", to_torch_sparse(P), persistent=False)
         self.register_buffer("load", to_torch_sparse((P.T @ M_fine).tocsr()), persistent=False)
         cholesky = torch.linalg.cholesky(torch.as_tensor(A.toarray()))
@@ -68,6 +74,61 @@ class Transfer(torch.nn.Module):
         return from_torch(self.prolong(to_torch(u)).cpu()[0], self.V_fine)
 
 
-def _scipy(matrix):
+def scipy_matrix(matrix):
     petsc = matrix.petscmat
     return sp.csr_matrix(petsc.getValuesCSR()[::-1], shape=petsc.getSize())
+
+
+@dataclass
+class CoarseStencil:
+    r"""Where each node of a fine space sits in the coarse mesh.
+
+    Fine node :math:`j` at :math:`x_j` lies in a coarse cell :math:`K` with nodes
+    :math:`i_{j1}, \dots, i_{jk}`; the stencil holds those nodes, the coarse basis there,
+    :math:`\phi_{i_{jl}}(x_j)` (so that :math:`\sum_l \phi_{i_{jl}}(x_j) U_{i_{jl}}` is the
+    prolongation), and the offsets :math:`(x_j - x_{i_{jl}})/h_K` scaled by the cell's diameter.
+    Neural fields that read a coarse cell through these see the same thing on every mesh, in every
+    orientation, and on both sides of a periodic seam.
+
+    Attributes
+    ----------
+    nodes : numpy.ndarray
+        ``(N_h, k)`` coarse node numbers (of the scalar coarse space).
+    weights : numpy.ndarray
+        ``(N_h, k)`` coarse basis values.
+    offsets : numpy.ndarray
+        ``(N_h, k, gdim)`` scaled offsets.
+    """
+    nodes: np.ndarray
+    weights: np.ndarray
+    offsets: np.ndarray
+
+
+def coarse_stencil(V_fine, V_coarse):
+    """The :class:`CoarseStencil` of the nodes of ``V_fine`` in ``V_coarse``'s mesh (Lagrange
+    spaces on affine meshes; vector-valued spaces are taken node by node)."""
+    fine, coarse = V_fine.mesh(), V_coarse.mesh()
+    x = Function(VectorFunctionSpace(fine, _scalar_element(V_fine)))
+    x.interpolate(SpatialCoordinate(fine))
+    points = x.dat.data_ro.reshape(-1, fine.geometric_dimension)
+    cells, reference, _ = coarse.locate_cells_ref_coords_and_dists(points)
+    if np.any(cells < 0):
+        raise ValueError(f"fine node at {points[np.argmax(cells < 0)]} lies outside the coarse mesh")
+    (group,) = component_groups(FunctionSpace(coarse, _scalar_element(V_coarse)))[0]
+    (weights,) = tabulate(group.element, reference, [None])
+    # Physical positions from each cell's own vertices, so periodic cells are never split.
+    (geometry,) = component_groups(coarse.coordinates.function_space())[0]
+    vertices = coarse.coordinates.dat.data_ro.reshape(-1)[geometry.dofs[cells]]      # (N_h, gdim, nv)
+    (at_points,) = tabulate(geometry.element, reference, [None])                      # (N_h, nv)
+    nodes_reference = np.array([next(iter(n.get_point_dict())) for n in group.element.dual_basis()])
+    (at_nodes,) = tabulate(geometry.element, nodes_reference, [None])                 # (k, nv)
+    x_points = np.einsum("jdv,jv->jd", vertices, at_points)
+    x_nodes = np.einsum("jdv,kv->jkd", vertices, at_nodes)
+    diameter = np.linalg.norm(vertices[:, :, :, None] - vertices[:, :, None, :], axis=1).max(axis=(1, 2))
+    offsets = (x_points[:, None, :] - x_nodes) / diameter[:, None, None]
+    return CoarseStencil(group.dofs[cells][:, 0, :], weights, offsets)
+
+
+def _scalar_element(V):
+    element = V.ufl_element()
+    return element.sub_elements[0] if V.block_size > 1 else element

@@ -26,6 +26,7 @@ class Problem:
     stage_type = "deriv"   # Irksome's formulation of the stages
     fine, coarse = None, None   # default resolutions (what :meth:`mesh` takes)
     trajectories = 30      # default dataset size: 20 train, 5 validation, 5 test
+    prognostic = None      # the subspaces of a mixed space that carry a time derivative (None: all)
 
     def mesh(self, resolution, comm):
         """The mesh at ``resolution`` (cells per side or a problem-specific key)."""

@@ -24,6 +24,7 @@ class KdV(Problem):
     parameter_names = ("e",)
     fine, coarse = 1000, 20
     trajectories = 20      # 10 train, 5 validation, 5 test
+    prognostic = (0,)      # w is algebraic
 
     def mesh(self, resolution, comm=COMM_WORLD):
         return PeriodicIntervalMesh(resolution, self.length, comm=comm)

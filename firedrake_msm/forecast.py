@@ -1,0 +1,86 @@
+r"""Ensemble forecasts of a trained model with torchsde, decoded to the fine and coarse meshes."""
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torchsde
+from firedrake import Function, VTKFile
+from firedrake.ml.pytorch import from_torch
+
+
+@dataclass
+class Forecast:
+    """An ensemble of latent paths and its decoded statistics on the fine mesh.
+
+    Attributes
+    ----------
+    times : numpy.ndarray
+        ``(T,)`` output times.
+    z : torch.Tensor
+        ``(n, S, T, D)`` latent paths: ``n`` initial conditions, ``S`` samples each.
+    mean, std : torch.Tensor
+        ``(n, T, N_h)`` ensemble mean and spread of the decoded (PoE mean) fine fields.
+    """
+    times: np.ndarray
+    z: torch.Tensor
+    mean: torch.Tensor
+    std: torch.Tensor
+
+
+@torch.no_grad()
+def forecast(model, initial, times, *, samples=64, dt=None, seed=0, method="euler"):
+    r"""Integrate the learned SDE from the posterior at the first snapshot.
+
+    :math:`z_0 \sim N(\mu(y_0), \mathrm{diag}\,e^{\log\sigma^2})` from the encoder, then
+    ``torchsde.sdeint`` (Itô, diagonal noise) with a seeded ``BrownianInterval``, so the same
+    ``seed`` gives the same ensemble.
+
+    Parameters
+    ----------
+    model : firedrake_msm.model.MultiscaleModel
+    initial : torch.Tensor
+        ``(n, N_h)`` first fine snapshots.
+    times : numpy.ndarray
+        ``(T,)`` output times, the first being the initial snapshot's.
+    samples : int
+        Ensemble members per initial condition.
+    dt : float, optional
+        Solver step (default: the output interval).
+    """
+    param = next(model.parameters())
+    initial = initial.to(param)
+    n, S = initial.shape[0], samples
+    generator = torch.Generator(device=param.device).manual_seed(seed)
+    mean, log_var = model.encode(initial)
+    mean = mean.repeat_interleave(S, dim=0)
+    z0 = mean + torch.exp(0.5 * log_var) * torch.randn(mean.shape, generator=generator, device=param.device,
+                                                       dtype=param.dtype)
+    ts = torch.as_tensor(times - times[0], dtype=param.dtype, device=param.device)
+    dt = float(dt or (times[1] - times[0]))
+    bm = torchsde.BrownianInterval(t0=0.0, t1=float(ts[-1]), size=z0.shape, dtype=param.dtype,
+                                   device=param.device, entropy=seed)
+    z = torchsde.sdeint(model.sde, z0, ts, bm=bm, dt=dt, method=method)              # (T, n S, D)
+    z = z.view(len(times), n, S, -1).permute(1, 2, 0, 3)
+    # One time at a time: the whole decoded ensemble would not fit in memory on a fine mesh.
+    stats = [_moments(model.decode(z[:, :, k])[0]) for k in range(len(times))]
+    return Forecast(np.asarray(times), z, *(torch.stack(s, dim=1) for s in zip(*stats)))
+
+
+def _moments(ensemble):
+    """Mean and spread over the members of ``(n, S, N)``."""
+    return ensemble.mean(1), ensemble.std(1) if ensemble.shape[1] > 1 else torch.zeros_like(ensemble[:, 0])
+
+
+def write_vtk(path, model, result, truth, trajectory=0):
+    """A ParaView file of one forecast: truth, ensemble mean and spread on the fine mesh.
+
+    ``truth``: ``(n, T, N_h)`` fine snapshots at ``result.times``.
+    """
+    V = model.transfer.V_fine
+    fields = {name: Function(V, name=name) for name in ("truth", "mean", "spread")}
+    out = VTKFile(str(path))
+    for k, t in enumerate(result.times):
+        for name, values in (("truth", truth[trajectory, k]), ("mean", result.mean[trajectory, k]),
+                             ("spread", result.std[trajectory, k])):
+            fields[name].assign(from_torch(torch.as_tensor(values).double().cpu(), V))
+        out.write(*fields.values(), time=float(t))

@@ -1,0 +1,282 @@
+r"""The multiscale SDE on the coarse mesh and its product-of-experts decoder.
+
+State :math:`z = (u, h)`: :math:`u` on the coarse observed space :math:`V_H` (``N_u`` dofs,
+``c`` components per node), :math:`h` with :math:`n_h` channels on the coarse scalar nodes
+(``N_H * n_h`` values, node-major). The SDE is
+
+.. math::
+
+    du = [f_{phys}(u) + C_\theta(u, h)]\,dt + \sigma_u\,dW_u,\qquad
+    dh = G_\theta(u, h)\,dt + \sigma_h\,dW_h,
+
+with the physics drift :math:`f_{phys} = -M^{-1}F_H(u)` of the coarse discretisation (from the
+torch bridge), and the learned terms in weak form at the quadrature points,
+
+.. math:: M\,[C_\theta; G_\theta]_i = \int_\Omega s_\theta(\xi)\,v_i + \tau_\theta(\xi)\cdot\nabla v_i\,dx,
+          \qquad \xi = (u, \nabla u, h, \nabla h),
+
+so one network serves any mesh and resolution; the flux :math:`\tau_\theta` alone is conservative.
+The diffusion is diagonal and learned per channel, scaled by :math:`(\bar m / m_i)^{1/2}` with the
+lumped mass :math:`m_i`, so the noise is that of a field, consistent under refinement.
+"""
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from firedrake import (COMM_SELF, Constant, Function, FunctionSpace, TestFunction, TrialFunction, assemble,
+                       dx, interpolate)
+from finat.ufl import FiniteElement
+from torch import nn
+from torch.nn.functional import softplus
+
+from firedrake_msm.bridge import PhysicsDrift
+from firedrake_msm.bridge.mass import MassOperator, bc_dofs, to_torch_sparse
+from firedrake_msm.elbo import product_of_experts
+from firedrake_msm.posterior import Encoder, GaussianProcessSmoother, StencilField, inverse_softplus, mlp
+from firedrake_msm.problems import PROBLEMS
+from firedrake_msm.transfer import Transfer, coarse_stencil, scipy_matrix
+
+
+def scalar_space(V):
+    """The scalar Lagrange space whose nodes carry ``V``'s components."""
+    element = V.ufl_element()
+    return FunctionSpace(V.mesh(), element.sub_elements[0] if V.block_size > 1 else element)
+
+
+class NeuralWeakForm(nn.Module):
+    r"""Learned source and flux at the quadrature points of a scalar space, tested against its
+    basis: ``(B, N, n_in)`` channels to ``(B, N, n_out)`` residuals
+
+    .. math:: R_{ic} = \sum_q w_q \bigl[s_c(\xi_q)\,\phi_i(x_q) + \tau_c(\xi_q)\cdot\nabla\phi_i(x_q)\bigr],
+
+    :math:`\xi_q` the channels and their gradients at :math:`x_q`. The tabulations
+    :math:`E = [\phi_j(x_q)]` and :math:`D_k = [\partial_k\phi_j(x_q)]` are assembled once by
+    Firedrake (interpolation into a quadrature space), the weights as
+    ``assemble(TestFunction(Q) * dx)``. Inputs are divided by :attr:`scale` (set from data by
+    :meth:`MultiscaleSDE.calibrate`) so the network sees order-one values.
+    """
+
+    def __init__(self, V, n_in, n_out, *, width=64, depth=2, degree=None):
+        super().__init__()
+        mesh = V.mesh()
+        self.gdim = mesh.geometric_dimension
+        degree = degree or 2 * V.ufl_element().embedded_superdegree
+        Q = FunctionSpace(mesh, FiniteElement("Quadrature", mesh.ufl_cell(), degree=degree,
+                                              quad_scheme="default"))
+        v = TrialFunction(V)
+        blocks = [v] + [v.dx(k) for k in range(self.gdim)]
+        tables = sp.vstack([scipy_matrix(assemble(interpolate(b, Q))) for b in blocks]).tocsr()
+        weights = assemble(TestFunction(Q) * dx(degree=degree)).dat.data_ro
+        self.register_buffer("tables", to_torch_sparse(tables), persistent=False)
+        self.register_buffer("tables_t", to_torch_sparse(tables.T.tocsr()), persistent=False)
+        self.register_buffer("weights", torch.as_tensor(np.tile(weights, 1 + self.gdim)), persistent=False)
+        self.register_buffer("scale", torch.ones(n_in * (1 + self.gdim)))
+        self.n_in, self.n_out = n_in, n_out
+        self.net = mlp(n_in * (1 + self.gdim), n_out * (1 + self.gdim), width, depth)
+
+    def at_points(self, X):
+        """Channels ``(B, N, n_in)`` and their gradients at the points: ``(B, Q, (1 + gdim) n_in)``."""
+        B, N, C = X.shape
+        Y = torch.sparse.mm(self.tables, X.permute(1, 0, 2).reshape(N, B * C))       # ((1+d) Q, B C)
+        return Y.view(1 + self.gdim, -1, B, C).permute(2, 1, 0, 3).reshape(B, -1, (1 + self.gdim) * C)
+
+    def forward(self, X):
+        B, N, _ = X.shape
+        out = self.net(self.at_points(X) / self.scale)                                # (B, Q, (1+d) n_out)
+        out = out.view(B, -1, 1 + self.gdim, self.n_out).permute(2, 1, 0, 3).reshape(-1, B * self.n_out)
+        R = torch.sparse.mm(self.tables_t, self.weights[:, None] * out)               # (N, B n_out)
+        return R.view(N, B, self.n_out).transpose(0, 1)
+
+
+class MultiscaleSDE(nn.Module):
+    r"""The learned SDE, in torchsde's interface (``f``, ``g``, Itô, diagonal noise).
+
+    Parameters
+    ----------
+    V : firedrake.FunctionSpace
+        The coarse observed space of :math:`u`.
+    n_latent : int
+        :math:`n_h`; 0 gives the implicit-scale model (closure only).
+    physics : callable, optional
+        ``physics(t, U)``: the coarse physics drift ``(B, N_u) -> (B, N_u)`` (a
+        :class:`~firedrake_msm.bridge.PhysicsDrift`); None learns the whole drift.
+    fixed_dofs : sequence of int
+        Dofs of :math:`u` held by Dirichlet conditions: no closure, no noise there.
+    width, depth : int
+        The weak-form network's size.
+    noise : float
+        Initial diffusion per channel.
+    """
+    noise_type, sde_type = "diagonal", "ito"
+
+    def __init__(self, V, n_latent=5, *, physics=None, fixed_dofs=(), width=64, depth=2, noise=1e-2):
+        super().__init__()
+        Vs = scalar_space(V)
+        self.n_nodes, self.n_components, self.n_latent = Vs.dim(), V.block_size, n_latent
+        self.n_u = self.n_nodes * self.n_components
+        self.size = self.n_u + self.n_nodes * n_latent
+        channels = self.n_components + n_latent
+        self.physics = physics
+        self.closure = NeuralWeakForm(Vs, channels, channels, width=width, depth=depth)
+        self.mass = MassOperator(Vs)
+        lumped = assemble(TestFunction(Vs) * dx).dat.data_ro
+        spread = np.sqrt(lumped.mean() / lumped)
+        self.register_buffer("spread", torch.as_tensor(np.concatenate(
+            [np.repeat(spread, self.n_components), np.repeat(spread, n_latent)])), persistent=False)
+        mask = torch.ones(self.size, dtype=torch.float64)
+        mask[torch.as_tensor(np.asarray(fixed_dofs, dtype=np.int64))] = 0.0
+        self.register_buffer("mask", mask, persistent=False)
+        self.raw_sigma = nn.Parameter(torch.full((channels,), inverse_softplus(noise)))
+
+    def split(self, z):
+        """``(..., D)`` to ``u`` ``(..., N_u)`` and ``h`` ``(..., N_H, n_h)``."""
+        return z[..., :self.n_u], z[..., self.n_u:].unflatten(-1, (self.n_nodes, self.n_latent))
+
+    def channels(self, z):
+        """``(B, D)`` to the nodal channels ``(B, N_H, c + n_h)``."""
+        u, h = self.split(z)
+        return torch.cat([u.unflatten(-1, (self.n_nodes, self.n_components)), h], dim=-1)
+
+    def sigma(self):
+        """The diffusion :math:`\\sigma`, ``(D,)``: zero on fixed dofs."""
+        c = self.n_components
+        per_channel = softplus(self.raw_sigma)
+        return torch.cat([per_channel[:c].repeat(self.n_nodes),
+                          per_channel[c:].repeat(self.n_nodes)]) * self.spread * self.mask
+
+    def f(self, t, z):
+        """The drift, ``(B, D) -> (B, D)``; ``t`` only reaches the physics (time-dependent
+        boundary data)."""
+        R = self.closure(self.channels(z))                                            # (B, N, C)
+        B, N, C = R.shape
+        learned = self.mass.solve(R.permute(0, 2, 1).reshape(B * C, N)).view(B, C, N).transpose(1, 2)
+        drift = torch.cat([learned[..., :self.n_components].reshape(B, -1),
+                           learned[..., self.n_components:].reshape(B, -1)], dim=1)
+        if self.physics is not None:
+            drift = drift + torch.nn.functional.pad(self.physics(t, z[:, :self.n_u]),
+                                                    (0, self.size - self.n_u))
+        return drift * self.mask
+
+    def g(self, t, z):
+        return self.sigma().expand_as(z)
+
+    @torch.no_grad()
+    def calibrate(self, z):
+        """Set the network's input scales from encoded data ``(B, D)``: the standard deviation of
+        each component of :math:`u` and of its gradient over samples and points. The auxiliary
+        channels keep scale one: their size is learned, and an untrained encoder's is arbitrary."""
+        features = self.closure.at_points(self.channels(z)).flatten(0, 1)
+        observed = (torch.arange(features.shape[1], device=z.device) % self.closure.n_in) < self.n_components
+        scale = torch.where(observed, features.std(0).clamp_min(1e-6), torch.ones_like(self.closure.scale))
+        self.closure.scale.copy_(scale)
+
+
+class Decoder(nn.Module):
+    r"""The product-of-experts observation model on the fine mesh.
+
+    Macro expert :math:`N(y; Pu, s_u^2)`, micro expert :math:`N(y; Pu + D_\theta(h), s_h^2)`, with
+    the local neural field :math:`D_\theta(h)(x_j) = \sum_{i \in K(x_j)} \phi_i(x_j)\sum_c
+    \psi_c(\delta_{ij})\,h_{ic}` over the nodes :math:`i` of the coarse cell :math:`K` containing
+    :math:`x_j` (:class:`~firedrake_msm.posterior.StencilField`): a learned sub-cell basis that
+    the auxiliary state weighs. Their product (:func:`~firedrake_msm.elbo.product_of_experts`)
+    has variance :math:`V` and mean :math:`Pu + (V/s_h^2) D_\theta`. The standard deviations are
+    learned constants (softplus, initially ``std``).
+    """
+
+    def __init__(self, transfer, n_latent, *, width=32, depth=2, std=0.02):
+        super().__init__()
+        self.transfer = transfer
+        self.n_latent = n_latent
+        self.n_components = transfer.V_fine.block_size
+        raw = inverse_softplus(std)
+        self.raw_std_u = nn.Parameter(torch.tensor(raw))
+        if n_latent:
+            stencil = coarse_stencil(transfer.V_fine, transfer.V_coarse)
+            self.field = StencilField(stencil, self.n_components, n_latent, width=width, depth=depth)
+            self.raw_std_h = nn.Parameter(torch.tensor(raw))
+
+    def forward(self, u, h):
+        """``u``: ``(..., N_u)``, ``h``: ``(..., N_H, n_h)``; returns the mean ``(..., N_h)`` and
+        the variance (a scalar tensor)."""
+        macro = self.transfer.prolong(u.reshape(-1, u.shape[-1])).view(*u.shape[:-1], -1)
+        var_u = softplus(self.raw_std_u) ** 2
+        if not self.n_latent:
+            return macro, var_u
+        correction = self.field(h.flatten(-2)).flatten(-2)
+        return product_of_experts(macro, var_u, correction, softplus(self.raw_std_h) ** 2)
+
+
+@dataclass
+class ModelConfig:
+    """What a :class:`MultiscaleModel` is built from (stored in its checkpoints).
+
+    Attributes
+    ----------
+    problem : str
+        A name in :data:`firedrake_msm.problems.PROBLEMS`.
+    coarse : int or str, optional
+        The coarse mesh resolution (default: the problem's).
+    n_latent : int
+        Auxiliary channels :math:`n_h` (0: the implicit-scale model).
+    physics : bool
+        Include the coarse physics drift (False: a purely learned drift, as the reference code).
+    filter_width : float
+        Helmholtz filter width of the restriction in units of the coarse cell size; 0.41 matches
+        the second moment of a Gaussian filter two cells wide (:math:`\alpha = \Delta/\sqrt{24}`).
+    width, depth, features : int
+        Network sizes.
+    """
+    problem: str
+    coarse: object = None
+    n_latent: int = 5
+    physics: bool = True
+    filter_width: float = 0.41
+    width: int = 64
+    depth: int = 2
+    features: int = 16
+
+
+class MultiscaleModel(nn.Module):
+    """Everything that is learned: :class:`~firedrake_msm.posterior.Encoder`,
+    :class:`~firedrake_msm.posterior.GaussianProcessSmoother`, :class:`MultiscaleSDE` and
+    :class:`Decoder`, built on the problem's coarse mesh for data on ``V_fine``.
+
+    Attributes ``problem``, ``V`` (the coarse observed space), ``state`` (a coarse Function of the
+    problem's full, possibly mixed, space) and ``transfer`` are the Firedrake side.
+    """
+
+    def __init__(self, config, V_fine):
+        super().__init__()
+        self.config = config
+        self.problem = problem = PROBLEMS[config.problem]()
+        mesh = problem.mesh(config.coarse or problem.coarse, comm=COMM_SELF)
+        W = problem.function_space(mesh)
+        self.state = Function(W)
+        observed = problem.observed(self.state).function_space()
+        self.V = observed.collapse() if observed.index is not None else observed
+        bcs = problem.bcs(W)
+        physics = None
+        if config.physics:
+            physics = PhysicsDrift(problem.residual(self.state, TestFunction(W)), self.state, bcs,
+                                   prognostic=problem.prognostic)
+        fixed = bc_dofs(W, bcs)
+        cell = (assemble(Constant(1.0) * dx(domain=mesh)) / mesh.num_cells()) ** (1 / mesh.topological_dimension)
+        self.transfer = Transfer(V_fine, self.V, filter_width=config.filter_width * cell)
+        self.encoder = Encoder(V_fine, self.V, config.n_latent, features=config.features, width=config.width,
+                               depth=config.depth)
+        self.smoother = GaussianProcessSmoother()
+        self.sde = MultiscaleSDE(self.V, config.n_latent, physics=physics, fixed_dofs=fixed[fixed < self.V.dim()],
+                                 width=config.width, depth=config.depth)
+        self.decoder = Decoder(self.transfer, config.n_latent)
+
+    def encode(self, fine):
+        """Mean ``(..., D)`` and log-variance ``(D,)`` of the latent state at fine snapshots
+        ``(..., N_h)``, and their restrictions ``(..., N_u)``."""
+        coarse = self.transfer.restrict(fine.reshape(-1, fine.shape[-1])).view(*fine.shape[:-1], -1)
+        residual = fine - self.transfer.prolong(coarse.reshape(-1, coarse.shape[-1])).view(fine.shape)
+        return self.encoder(coarse, residual)
+
+    def decode(self, z):
+        """PoE mean ``(..., N_h)`` and variance of the fine field at states ``z`` ``(..., D)``."""
+        return self.decoder(*self.sde.split(z))

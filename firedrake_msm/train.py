@@ -1,0 +1,290 @@
+r"""Amortized variational training: the solver-free ELBO, Adam, checkpoints and exact resumption."""
+import csv
+import os
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from firedrake_msm.data import SnapshotWindows, load_space, load_trajectories, splits
+from firedrake_msm.elbo import (drift_residual, elbo, gaussian_log_likelihood, reparametrise,
+                                residual_energy, stratified_times)
+from firedrake_msm.forecast import forecast
+from firedrake_msm.model import ModelConfig, MultiscaleModel
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation settings (DESIGN.md §4's protocol by default, except the number of steps).
+
+    Attributes
+    ----------
+    steps : int
+        Optimiser steps in all (a resumed run continues up to it).
+    batch_size : int
+        Windows per step.
+    window : int
+        Snapshots per window, :math:`M`.
+    lr, decay, decay_every : float, float, int
+        Adam's learning rate, multiplied by ``decay`` every ``decay_every`` steps.
+    beta_warmup : int
+        Steps over which the residual term's weight grows linearly from 0 to 1.
+    residual_times : int
+        Stratified Monte Carlo times per window for the residual term.
+    clip : float
+        Gradient norm clipping.
+    noise_std : float
+        Observation noise added to the training data (seeded).
+    validate_every, checkpoint_every : int
+        Validation forecasts and checkpoints, in steps.
+    validation_samples : int
+        Ensemble members of a validation forecast.
+    seed : int
+        Seeds torch, numpy, Python, the window sampler and the data noise.
+    device, dtype : str
+    """
+    steps: int = 4000
+    batch_size: int = 8
+    window: int = 64
+    lr: float = 1e-3
+    decay: float = 0.9
+    decay_every: int = 2000
+    beta_warmup: int = 1600
+    residual_times: int = 32
+    clip: float = 10.0
+    noise_std: float = 0.0
+    validate_every: int = 500
+    checkpoint_every: int = 500
+    validation_samples: int = 8
+    seed: int = 0
+    device: str = "cpu"
+    dtype: str = "float32"
+
+
+class TrainingDiverged(FloatingPointError):
+    """The loss became NaN or infinite."""
+
+
+def negative_elbo(model, batch, *, beta, residual_times):
+    r"""Minus the ELBO of a batch of windows, and its terms.
+
+    Each window's snapshots are encoded, smoothed in time by the Gaussian process, sampled once at
+    the data times for the PoE likelihood and once at ``residual_times`` stratified times for the
+    drift-matching residual (:mod:`firedrake_msm.elbo`).
+
+    Parameters
+    ----------
+    batch : dict
+        ``"fine"``: ``(B, M, N_h)``, ``"times"``: ``(B, M)``.
+
+    Returns
+    -------
+    loss : torch.Tensor
+    terms : dict of float
+        ``elbo``, ``likelihood`` and ``kl`` per observed value.
+    """
+    fine, times = batch["fine"], batch["times"]
+    B, M, _ = fine.shape
+    mean, log_var = model.encode(fine)                                                # (B, M, D), (D,)
+    D = mean.shape[-1]
+    path = model.smoother(times, torch.cat([mean, log_var.expand(B, M, D)], dim=-1))
+
+    m, log_S = path(times)[0].split(D, dim=-1)
+    predicted, var = model.decode(reparametrise(m, log_S, torch.randn_like(m)))
+    log_likelihood = gaussian_log_likelihood(fine, predicted, var)                   # (B, M)
+
+    t = stratified_times(times[:, 0], times[:, -1], residual_times)
+    (m, log_S), (dm, dlog_S) = (x.split(D, dim=-1) for x in path(t))
+    z = reparametrise(m, log_S, torch.randn_like(m))
+    f = model.sde.f(t, z.reshape(-1, D)).view(B, residual_times, D)
+    sigma2 = model.sde.sigma() ** 2
+    r = drift_residual(z, m, dm, log_S, dlog_S, f, sigma2)
+    energy = residual_energy(r, sigma2, model.sde.mask)
+
+    value, likelihood, kl = elbo(log_likelihood, energy, times[:, -1] - times[:, 0], beta=beta,
+                                 n_observed=M * fine.shape[-1])
+    return -value, {"elbo": value.item(), "likelihood": likelihood.item(), "kl": kl.item()}
+
+
+def relative_errors(model, snapshots, times, *, samples, seed=0):
+    """Relative L2 errors ``(n, T)`` of the ensemble mean forecast from each trajectory's first
+    snapshot, against ``snapshots`` ``(n, T, N_h)`` (numpy)."""
+    result = forecast(model, torch.as_tensor(snapshots[:, 0]), times, samples=samples, seed=seed)
+    truth = torch.as_tensor(snapshots, dtype=result.mean.dtype)
+    return ((result.mean.cpu() - truth).norm(dim=-1) / truth.norm(dim=-1)).numpy()
+
+
+def train(dataset, folder, model_config, config=TrainConfig(), *, resume=False, warm_start=None,
+          progress=True):
+    r"""Train a :class:`~firedrake_msm.model.MultiscaleModel` on ``dataset``.
+
+    Writes into ``folder``: ``checkpoint.pt`` (the last state: model, optimiser, scheduler, step
+    and every random state, replaced atomically), ``best.pt`` (the best validation forecast so
+    far) and ``log.csv`` (one row per step: ELBO, likelihood, KL, beta, learning rate, seconds;
+    validation error when measured).
+
+    Parameters
+    ----------
+    dataset : str or pathlib.Path
+        A file written by :func:`firedrake_msm.dns.simulate`.
+    folder : str or pathlib.Path
+    model_config : firedrake_msm.model.ModelConfig
+    config : TrainConfig
+    resume : bool
+        Continue from ``folder/checkpoint.pt``: the same parameters and losses as a run that was
+        never interrupted.
+    warm_start : str or pathlib.Path, optional
+        A checkpoint whose matching parameters initialise the model (e.g. a model with fewer
+        auxiliary channels, as the reference grows :math:`n_h` in stages).
+
+    Returns
+    -------
+    pathlib.Path
+        ``folder/best.pt`` (``checkpoint.pt`` when there was no validation).
+
+    Raises
+    ------
+    TrainingDiverged
+        When the loss is NaN or infinite; ``checkpoint.pt`` keeps the last good state.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    last, best = folder / "checkpoint.pt", folder / "best.pt"
+    dtype = getattr(torch, config.dtype)
+    _seed(config.seed)
+    V_fine, _ = load_space(dataset)
+    model = MultiscaleModel(model_config, V_fine).to(dtype=dtype, device=config.device)
+    parts = splits(dataset)
+    windows = SnapshotWindows(dataset, window=config.window, noise_std=config.noise_std, seed=config.seed,
+                              dtype=dtype, **parts["train"])
+    validation = load_trajectories(dataset, **parts["validation"])
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, config.decay_every, gamma=config.decay)
+    sampler = torch.Generator().manual_seed(config.seed)
+    state = {"step": 0, "best": float("inf")}
+    if resume and last.exists():
+        checkpoint = torch.load(last, weights_only=False)
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        sampler.set_state(checkpoint["rng"]["sampler"])
+        _set_rng(checkpoint["rng"])
+        state = checkpoint["state"]
+    else:
+        if warm_start is not None:
+            _load_matching(model, torch.load(warm_start, weights_only=False)["model"])
+        else:
+            model.sde.calibrate(_encoded_states(model, windows, sampler, config))
+        _truncate_log(folder / "log.csv")
+
+    bar = tqdm(total=config.steps, initial=state["step"], desc="training", unit="step", disable=not progress)
+    with open(folder / "log.csv", "a", newline="") as log_file:
+        log = csv.writer(log_file)
+        if state["step"] == 0:
+            log.writerow(["step", "elbo", "likelihood", "kl", "beta", "lr", "seconds", "validation_error"])
+        start = time.perf_counter()
+        for step in range(state["step"], config.steps):
+            index = torch.randint(len(windows), (config.batch_size,), generator=sampler)
+            batch = _collate([windows[int(k)] for k in index], config.device)
+            beta = min(1.0, (step + 1) / config.beta_warmup)
+            loss, terms = negative_elbo(model, batch, beta=beta, residual_times=config.residual_times)
+            if not torch.isfinite(loss):
+                raise TrainingDiverged(f"the loss is {loss.item()} at step {step + 1} (terms {terms}); the last "
+                                       f"good state is in {last}: resume from it with a lower learning rate")
+            optimizer.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip)
+            optimizer.step()
+            scheduler.step()
+            state["step"] = step + 1
+            error = ""
+            if config.validate_every and state["step"] % config.validate_every == 0:
+                error = float(relative_errors(model, validation[1], validation[0],
+                                              samples=config.validation_samples, seed=config.seed).mean())
+                if error < state["best"]:
+                    state["best"] = error
+                    _save(best, model, optimizer, scheduler, sampler, state, model_config, config, dataset)
+            log.writerow([state["step"], terms["elbo"], terms["likelihood"], terms["kl"], beta,
+                          scheduler.get_last_lr()[0], time.perf_counter() - start, error])
+            bar.update()
+            bar.set_postfix(elbo=f"{terms['elbo']:.3g}", kl=f"{terms['kl']:.3g}",
+                            val=f"{state['best']:.3g}")
+            if state["step"] % config.checkpoint_every == 0 or state["step"] == config.steps:
+                log_file.flush()
+                _save(last, model, optimizer, scheduler, sampler, state, model_config, config, dataset)
+    bar.close()
+    return best if best.exists() else last
+
+
+def load(checkpoint, *, device="cpu"):
+    """The trained model of a checkpoint (in evaluation mode), and the checkpoint's contents."""
+    checkpoint = torch.load(checkpoint, map_location=device, weights_only=False)
+    V_fine, _ = load_space(checkpoint["dataset"])
+    model = MultiscaleModel(ModelConfig(**checkpoint["model_config"]), V_fine)
+    model = model.to(dtype=getattr(torch, checkpoint["train_config"]["dtype"]), device=device)
+    model.load_state_dict(checkpoint["model"])
+    return model.eval(), checkpoint
+
+
+def _save(path, model, optimizer, scheduler, sampler, state, model_config, config, dataset):
+    """Write a checkpoint atomically: a crash mid-write leaves the previous one intact."""
+    checkpoint = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                  "scheduler": scheduler.state_dict(), "state": dict(state),
+                  "rng": {"sampler": sampler.get_state(), **_get_rng()},
+                  "model_config": asdict(model_config), "train_config": asdict(config),
+                  "dataset": str(Path(dataset).resolve())}
+    partial = path.with_suffix(".partial")
+    torch.save(checkpoint, partial)
+    os.replace(partial, path)
+
+
+def _seed(seed):
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def _get_rng():
+    rng = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    return rng
+
+
+def _set_rng(rng):
+    torch.set_rng_state(rng["torch"])
+    np.random.set_state(rng["numpy"])
+    random.setstate(rng["python"])
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+def _collate(items, device):
+    return {key: torch.stack([item[key] for item in items]).to(device) for key in ("fine", "times")}
+
+
+@torch.no_grad()
+def _encoded_states(model, windows, sampler, config, n_windows=16):
+    """Encoded states of a few training windows, ``(n, D)``: what the network inputs look like.
+    Drawn from a copy of the sampler, so that calibrating does not change the training sequence."""
+    draw = torch.Generator().manual_seed(config.seed + 1)
+    index = torch.randint(len(windows), (n_windows,), generator=draw)
+    fine = _collate([windows[int(k)] for k in index], config.device)["fine"]
+    mean, _ = model.encode(fine)
+    return mean.reshape(-1, mean.shape[-1])
+
+
+def _load_matching(model, state_dict):
+    """Copy the parameters whose names and shapes match; the rest keep their initial values."""
+    own = model.state_dict()
+    own.update({k: v for k, v in state_dict.items() if k in own and own[k].shape == v.shape})
+    model.load_state_dict(own)
+
+
+def _truncate_log(path):
+    if path.exists():
+        path.unlink()
