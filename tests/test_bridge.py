@@ -3,13 +3,15 @@ import numpy as np
 import pytest
 import torch
 from firedrake import (COMM_SELF, Form, CellDiameter, CellVolume, Constant, DirichletBC, Function,
-                       FunctionSpace, Mesh, PeriodicIntervalMesh, SpatialCoordinate, TestFunction,
-                       TestFunctions, TensorFunctionSpace, UnitCubeMesh, UnitSquareMesh,
-                       VectorFunctionSpace, action, as_vector, assemble, avg, bessel_J, conditional,
-                       cos, derivative, div, dot, dS, ds, dx, exp, grad, gt, inner, jump, max_value,
-                       nabla_grad, split, sqrt, sym, tanh, tr)
+                       FunctionSpace, Mesh, MixedVectorSpaceBasis, PeriodicIntervalMesh, SpatialCoordinate,
+                       TestFunction, TestFunctions, TensorFunctionSpace, TrialFunctions, UnitCubeMesh,
+                       UnitSquareMesh, VectorFunctionSpace, VectorSpaceBasis, action, as_vector, assemble,
+                       avg, bessel_J, conditional, cos, derivative, div, dot, dS, ds, dx, exp, grad, gt,
+                       inner, jump, max_value, nabla_grad, solve, split, sqrt, sym, tanh, tr)
 
 from firedrake_msm.bridge import MassOperator, PhysicsDrift, ResidualOperator, UnsupportedUFLError
+from firedrake_msm.bridge.mass import bc_dofs
+from firedrake_msm.problems import KdV
 
 BATCH = 16
 
@@ -315,6 +317,148 @@ def test_drift_holds_dirichlet_values(meshes_dir):
     t = torch.tensor(0.3, dtype=torch.float64)
     dU = moving(t, moving.apply_bcs(U, t))
     assert torch.allclose(dU[:, moving.bc_dofs], torch.cos(t).expand(BATCH, n))
+
+
+def kdv(n=20, length=10.0):
+    """The KdV problem's own mixed P1-P1 residual in (u, w), w = u_xx algebraic (index 1)."""
+    problem = KdV()
+    W = problem.function_space(PeriodicIntervalMesh(n, length, comm=COMM_SELF))
+    w = Function(W)
+    return problem, problem.residual(w, TestFunction(W)), w
+
+
+def taylor_hood(flow, n=4, nu=0.01):
+    """Navier-Stokes on P2/P1 (pressure algebraic, index 2): a channel with parabolic inflow, free
+    slip on the walls (only the normal velocity fixed) and a free outlet; or a lid-driven cavity
+    (the pressure is then defined up to a constant). Returns F, the state, the conditions and the
+    same conditions made homogeneous."""
+    mesh = UnitSquareMesh(n, n, comm=COMM_SELF)
+    W = VectorFunctionSpace(mesh, "CG", 2) * FunctionSpace(mesh, "CG", 1)
+    w = Function(W)
+    u, p = split(w)
+    v, q = TestFunctions(W)
+    F = (inner(dot(grad(u), u), v) + Constant(nu) * inner(grad(u), grad(v)) - p * div(v) + q * div(u)) * dx
+    x, y = SpatialCoordinate(mesh)
+    if flow == "channel":
+        spec = [(W.sub(0), as_vector((4 * y * (1 - y), 0)), 1), (W.sub(0).sub(1), Constant(0.0), (3, 4))]
+    else:
+        spec = [(W.sub(0), Constant((0.0, 0.0)), (1, 2, 3)), (W.sub(0), Constant((1.0, 0.0)), 4)]
+    bcs = [DirichletBC(V, g, where) for V, g, where in spec]
+    zero = [DirichletBC(V, Constant((0.0, 0.0)) if V.component is None else 0.0, where)
+            for V, _, where in spec]
+    return F, w, bcs, zero
+
+
+def test_kdv_drift_matches_firedrake():
+    problem, F, w = kdv()
+    W = w.function_space()
+    drift = PhysicsDrift(F, w, prognostic=(0,))
+    assert drift.index == 1 and len(drift.prognostic_dofs) == W.sub(0).dim()
+    U = random_states(W.sub(0), batch=4)
+    dU = drift(0.0, U)
+    full = drift.complete(0.0, U)
+    assert torch.equal(full[:, drift.prognostic_dofs], U)
+    du, dw = TrialFunctions(W)
+    v, _ = TestFunctions(W)
+    expected, algebraic = [], []
+    for state in U.numpy():
+        z, out = Function(W), Function(W)
+        z.subfunctions[0].dat.data[:] = state
+        Fz = problem.residual(z, TestFunction(W))
+        # (u_t, v) + F(u, w; v, phi) = 0 is linear in (u_t, w) for fixed u: F(u, w) = F(u, 0) + F_w w.
+        solve(inner(du, v) * dx + derivative(Fz, z, as_vector([0, dw])) == -Fz, out,
+              solver_parameters={"ksp_type": "preonly", "pc_type": "lu"})
+        expected.append(out.subfunctions[0].dat.data_ro.copy())
+        algebraic.append(out.subfunctions[1].dat.data_ro.copy())
+    error = max_relative_error(dU.numpy(), expected)
+    print(f"KdV drift vs Firedrake: {error:.1e}")
+    assert error <= 1e-10
+    assert max_relative_error(full[:, drift.algebraic_dofs].numpy(), algebraic) <= 1e-10
+
+
+@pytest.mark.parametrize("flow", ["channel", "cavity"])
+def test_navier_stokes_drift_matches_firedrake(flow):
+    F, w, bcs, zero = taylor_hood(flow)
+    W = w.function_space()
+    drift = PhysicsDrift(F, w, bcs, prognostic=(0,))
+    assert drift.index == 2
+    U = drift.apply_bcs(random_states(W.sub(0), batch=4))
+    dU = drift(0.0, U)
+    pressure = drift.complete(0.0, U)[:, drift.algebraic_dofs]
+    assert torch.all(dU[:, drift.bc_dofs] == 0)
+    du, dp = TrialFunctions(W)
+    v, q = TestFunctions(W)
+    nullspace = None if flow == "channel" else MixedVectorSpaceBasis(
+        W, [W.sub(0), VectorSpaceBasis(constant=True, comm=W.comm)])
+    V0 = W.sub(0).collapse()
+    Q = W.sub(1).collapse()
+    expected, expected_pressure, divergence = [], [], []
+    for state, rate in zip(U.numpy(), dU.numpy()):
+        z, out = Function(W), Function(W)
+        z.subfunctions[0].dat.data[:] = state.reshape(-1, 2)
+        u = split(z)[0]
+        # The time-differentiated constraint:
+        # (u_t, v) - (p, div v) + (q, div u_t) = -(convection + viscosity).
+        a = (inner(du, v) - dp * div(v) + q * div(du)) * dx
+        L = -(inner(dot(grad(u), u), v) + Constant(0.01) * inner(grad(u), grad(v))) * dx
+        solve(a == L, out, bcs=zero, nullspace=nullspace,
+              solver_parameters={"ksp_type": "gmres", "pc_type": "lu", "pc_factor_mat_solver_type": "mumps",
+                                 "mat_mumps_icntl_24": 1, "ksp_rtol": 1e-15, "ksp_atol": 0})
+        expected.append(out.subfunctions[0].dat.data_ro.reshape(-1).copy())
+        expected_pressure.append(out.subfunctions[1].dat.data_ro.copy())
+        f = Function(V0)
+        f.dat.data[:] = rate.reshape(-1, 2)
+        divergence.append(np.abs(assemble(TestFunction(Q) * div(f) * dx).dat.data_ro).max()
+                          / np.abs(assemble(abs(div(f)) * dx)))
+    error = max_relative_error(dU.numpy(), expected)
+    print(f"Navier-Stokes ({flow}) drift vs Firedrake: {error:.1e}, divergence {max(divergence):.1e}")
+    assert error <= 1e-10
+    assert max(divergence) <= 1e-12
+    if flow == "channel":        # in the cavity the pressure is defined up to a constant
+        assert max_relative_error(pressure.numpy(), expected_pressure) <= 1e-10
+
+
+@pytest.mark.parametrize("case", ["kdv", "navier_stokes"])
+def test_dae_drift_gradient(case):
+    if case == "kdv":
+        _, F, w = kdv(n=6, length=1.0)
+        drift = PhysicsDrift(F, w, prognostic=(0,))
+    else:
+        F, w, bcs, _ = taylor_hood("channel", n=2)
+        drift = PhysicsDrift(F, w, bcs, prognostic=(0,))
+    U = drift.apply_bcs(random_states(w.function_space().sub(0), batch=2)).requires_grad_()
+    assert torch.autograd.gradcheck(lambda X: drift(0.0, X), (U,))
+
+
+@pytest.mark.parametrize("case", ["kdv_w_squared", "pressure_squared", "nonlinear_constraint"])
+def test_non_affine_algebraic_dependence_is_an_error(case):
+    if case == "kdv_w_squared":
+        _, F, w = kdv(n=6)
+        _, phi = TestFunctions(w.function_space())
+        F = F + split(w)[1] ** 2 * phi * dx
+        bcs = []
+    else:
+        F, w, bcs, _ = taylor_hood("channel", n=1)
+        u, p = split(w)
+        _, q = TestFunctions(w.function_space())
+        F = F + (p**2 * q if case == "pressure_squared" else u[0] * div(u) * q) * dx
+    with pytest.raises(ValueError, match="not affine"):
+        PhysicsDrift(F, w, bcs, prognostic=(0,))
+
+
+def test_all_prognostic_is_the_default():
+    _, F, w = kdv(n=8)
+    U = random_states(w.function_space(), batch=3)
+    default, explicit = PhysicsDrift(F, w), PhysicsDrift(F, w, prognostic=(1, 0))
+    assert explicit.index == 0 and torch.equal(explicit.prognostic_dofs, torch.arange(16))
+    assert torch.equal(default(0.0, U), explicit(0.0, U))
+
+
+def test_component_condition_on_a_later_subspace():
+    mesh = UnitSquareMesh(2, 2)
+    W = FunctionSpace(mesh, "CG", 1) * VectorFunctionSpace(mesh, "CG", 1)
+    fixed = bc_dofs(W, [DirichletBC(W.sub(1).sub(1), 0.0, 1)])
+    assert np.array_equal(fixed, 9 + 2 * np.asarray(DirichletBC(W.sub(1), 0.0, 1).nodes) + 1)
 
 
 @pytest.mark.cuda

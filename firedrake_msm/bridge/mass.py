@@ -144,12 +144,21 @@ def bc_dofs(V, bcs):
     out = []
     for bc in bcs:
         Vbc = bc.function_space()
-        index = Vbc.index if Vbc.index is not None else 0
+        index = bc_subspace(bc)
         Vk = V.subspaces[index]
         components = [Vbc.component] if Vbc.component is not None else range(Vk.block_size)
         nodes = np.asarray(bc.nodes)
         out.extend((offsets[index] + nodes[:, None] * Vk.block_size + np.asarray(components)).ravel())
     return np.unique(np.asarray(out, dtype=np.int64))
+
+
+def bc_subspace(bc):
+    """The index of the subspace of a mixed space that ``bc`` acts on (0 for an unmixed space); a
+    component space ``W.sub(k).sub(c)`` has no index itself, its parent ``W.sub(k)`` does."""
+    Vbc = bc.function_space()
+    if Vbc.index is None and Vbc.component is not None and Vbc.parent is not None:
+        Vbc = Vbc.parent
+    return Vbc.index or 0
 
 
 def _constrain(M, fixed):
