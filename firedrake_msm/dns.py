@@ -81,11 +81,9 @@ def simulate(problem, path, *, trajectories, seed=0, resolution=None, dt=None, t
 
     mesh = problem.mesh(resolution, comm=comm)
     V = problem.function_space(mesh)
-    state, test = Function(V), TestFunction(V)
-    t, dt_c = Constant(0.0), Constant(dt)
-    F = problem.time_derivative(state, test) + problem.residual(state, test)
-    stepper = TimeStepper(F, problem.scheme, t, dt_c, state, bcs=problem.bcs(V),
-                          stage_type=problem.stage_type, solver_parameters=SOLVER)
+    state = Function(V)
+    t = Constant(0.0)
+    stepper = time_stepper(problem, state, t, Constant(dt))
     parameters = {name: Constant(0.0) for name in problem.parameter_names}
     observed = problem.observed(state)
     V_obs = observed.function_space().collapse()
@@ -127,6 +125,30 @@ def simulate(problem, path, *, trajectories, seed=0, resolution=None, dt=None, t
         raise
     comm.barrier()
     return path
+
+
+def time_stepper(problem, state, t, dt, *, residual=None, solver_parameters=None):
+    r"""Irksome's stepper for :math:`(\partial_t u, v) + F(u; v) = 0` with the problem's
+    Runge-Kutta scheme, stage type and boundary conditions.
+
+    Parameters
+    ----------
+    problem : Problem
+    state : firedrake.Function
+        The state, advanced in place by ``stepper.advance()``.
+    t, dt : firedrake.Constant
+        Time and time step (assign to them between steps).
+    residual : callable, optional
+        ``residual(u, v)`` replacing ``problem.residual`` (a closure added to it, say).
+    solver_parameters : dict, optional
+        Default :data:`SOLVER`.
+    """
+    test = TestFunction(state.function_space())
+    residual = problem.residual if residual is None else residual
+    F = problem.time_derivative(state, test) + residual(state, test)
+    return TimeStepper(F, problem.scheme, t, dt, state, bcs=problem.bcs(state.function_space()),
+                       stage_type=problem.stage_type,
+                       solver_parameters=SOLVER if solver_parameters is None else solver_parameters)
 
 
 class _Gather:
