@@ -31,7 +31,7 @@ class Forecast:
 def forecast(model, initial, times, *, samples=64, dt=None, seed=0, method="euler"):
     r"""Integrate the learned SDE from the posterior at the first snapshot.
 
-    :math:`z_0 \sim N(\mu(y_0), \mathrm{diag}\,e^{\log\sigma^2})` from the encoder, then
+    :math:`z_0 \sim N(\mu(y_0), \mathrm{diag}\,v)` from the encoder, then
     ``torchsde.sdeint`` (Itô, diagonal noise) with a seeded ``BrownianInterval``, so the same
     ``seed`` gives the same ensemble.
 
@@ -53,8 +53,8 @@ def forecast(model, initial, times, *, samples=64, dt=None, seed=0, method="eule
     generator = torch.Generator(device=param.device).manual_seed(seed)
     mean, log_var = model.encode(initial)
     mean = mean.repeat_interleave(S, dim=0)
-    z0 = mean + torch.exp(0.5 * log_var) * torch.randn(mean.shape, generator=generator, device=param.device,
-                                                       dtype=param.dtype)
+    noise = torch.randn(mean.shape, generator=generator, device=param.device, dtype=param.dtype)
+    z0 = mean + torch.exp(0.5 * log_var[model.sde.channel]) * noise
     ts = torch.as_tensor(times - times[0], dtype=param.dtype, device=param.device)
     dt = float(dt or (times[1] - times[0]))
     bm = torchsde.BrownianInterval(t0=0.0, t1=float(ts[-1]), size=z0.shape, dtype=param.dtype,

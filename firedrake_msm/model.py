@@ -128,6 +128,9 @@ class MultiscaleSDE(nn.Module):
         mask[torch.as_tensor(np.asarray(fixed_dofs, dtype=np.int64))] = 0.0
         self.register_buffer("mask", mask, persistent=False)
         self.raw_sigma = nn.Parameter(torch.full((channels,), inverse_softplus(noise)))
+        channel = np.concatenate([np.tile(np.arange(self.n_components), self.n_nodes),
+                                  np.tile(self.n_components + np.arange(n_latent), self.n_nodes)])
+        self.register_buffer("channel", torch.as_tensor(channel), persistent=False)
 
     def split(self, z):
         """``(..., D)`` to ``u`` ``(..., N_u)`` and ``h`` ``(..., N_H, n_h)``."""
@@ -140,10 +143,7 @@ class MultiscaleSDE(nn.Module):
 
     def sigma(self):
         """The diffusion :math:`\\sigma`, ``(D,)``: zero on fixed dofs."""
-        c = self.n_components
-        per_channel = softplus(self.raw_sigma)
-        return torch.cat([per_channel[:c].repeat(self.n_nodes),
-                          per_channel[c:].repeat(self.n_nodes)]) * self.spread * self.mask
+        return softplus(self.raw_sigma)[self.channel] * self.spread * self.mask
 
     def f(self, t, z):
         """The drift, ``(B, D) -> (B, D)``; ``t`` only reaches the physics (time-dependent
@@ -209,7 +209,7 @@ class Decoder(nn.Module):
 
 @dataclass
 class ModelConfig:
-    """What a :class:`MultiscaleModel` is built from (stored in its checkpoints).
+    r"""What a :class:`MultiscaleModel` is built from (stored in its checkpoints).
 
     Attributes
     ----------
@@ -261,18 +261,20 @@ class MultiscaleModel(nn.Module):
             physics = PhysicsDrift(problem.residual(self.state, TestFunction(W)), self.state, bcs,
                                    prognostic=problem.prognostic)
         fixed = bc_dofs(W, bcs)
-        cell = (assemble(Constant(1.0) * dx(domain=mesh)) / mesh.num_cells()) ** (1 / mesh.topological_dimension)
+        volume = assemble(Constant(1.0) * dx(domain=mesh))
+        cell = (volume / mesh.num_cells()) ** (1 / mesh.topological_dimension)
         self.transfer = Transfer(V_fine, self.V, filter_width=config.filter_width * cell)
         self.encoder = Encoder(V_fine, self.V, config.n_latent, features=config.features, width=config.width,
                                depth=config.depth)
-        self.smoother = GaussianProcessSmoother()
-        self.sde = MultiscaleSDE(self.V, config.n_latent, physics=physics, fixed_dofs=fixed[fixed < self.V.dim()],
-                                 width=config.width, depth=config.depth)
+        self.smoother = GaussianProcessSmoother(self.V.block_size + config.n_latent)
+        self.sde = MultiscaleSDE(self.V, config.n_latent, physics=physics,
+                                 fixed_dofs=fixed[fixed < self.V.dim()], width=config.width,
+                                 depth=config.depth)
         self.decoder = Decoder(self.transfer, config.n_latent)
 
     def encode(self, fine):
-        """Mean ``(..., D)`` and log-variance ``(D,)`` of the latent state at fine snapshots
-        ``(..., N_h)``, and their restrictions ``(..., N_u)``."""
+        """Mean ``(..., D)`` of the latent state at fine snapshots ``(..., N_h)`` and the
+        log-variance of each channel, ``(c + n_h,)`` (``self.sde.channel[d]`` is dof ``d``'s)."""
         coarse = self.transfer.restrict(fine.reshape(-1, fine.shape[-1])).view(*fine.shape[:-1], -1)
         residual = fine - self.transfer.prolong(coarse.reshape(-1, coarse.shape[-1])).view(fine.shape)
         return self.encoder(coarse, residual)

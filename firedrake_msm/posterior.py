@@ -112,54 +112,92 @@ class Encoder(nn.Module):
 
     def forward(self, coarse, residual):
         """``coarse``: ``(..., N_u)`` restricted snapshots, ``residual``: ``(..., N_h)``; returns
-        ``mean`` ``(..., D)`` and ``log_var`` ``(D,)`` with ``D = N_u + N_H * n_h``."""
-        n_nodes = coarse.shape[-1] // self.n_components
-        log_var = [2 * torch.log(softplus(self.raw_std_u)).repeat(n_nodes)]
+        ``mean`` ``(..., D)`` with ``D = N_u + N_H * n_h`` and the log-variance of each channel,
+        ``(c + n_h,)``."""
         if not self.n_latent:
-            return coarse, log_var[0]
-        F = self.features(residual)                                                   # (..., N_H, f)
-        h = self.head(F)
-        log_var.append(2 * torch.log(softplus(self.raw_std_h)).repeat(h.shape[-2]))
-        return torch.cat([coarse, h.flatten(-2)], dim=-1), torch.cat(log_var)
+            return coarse, 2 * torch.log(softplus(self.raw_std_u))
+        h = self.head(self.features(residual))                                        # (..., N_H, n_h)
+        std = softplus(torch.cat([self.raw_std_u, self.raw_std_h]))
+        return torch.cat([coarse, h.flatten(-2)], dim=-1), 2 * torch.log(std)
 
 
 class GaussianProcessSmoother(nn.Module):
     r"""Gaussian-process regression in time through the encoded snapshots of a window.
 
-    With the RBF kernel :math:`k(t, t') = \exp(-(t - t')^2 / 2\ell^2)` and nugget :math:`\eta^2`,
-    values :math:`\mu_k` at the window's times :math:`t_k` (after removing their mean
-    :math:`\bar\mu`) give
+    The encoder's means :math:`\mu_k` at the window's times :math:`t_k` are noisy observations,
+    with the encoder's variance :math:`v_c`, of a Gaussian process with an RBF kernel
+    :math:`a_c^2 k(t, t')`, :math:`k(t, t') = \exp(-(t - t')^2 / 2\ell^2)`, about the window mean
+    :math:`\bar\mu`, for each channel :math:`c`. Its posterior is the variational marginal:
 
-    .. math:: m(t) = \bar\mu + k(t, T)(K + \eta^2 I)^{-1}(\mu - \bar\mu),\qquad
-              \dot m(t) = \partial_t k(t, T)(K + \eta^2 I)^{-1}(\mu - \bar\mu),
+    .. math::
 
-    exact derivatives with no automatic differentiation in time. The length scale is
-    :math:`\ell = \Delta t\,(\ell_{min} + \mathrm{softplus}(\cdot))` in units of the snapshot
-    spacing :math:`\Delta t`, bounded below so that the path cannot interpolate the noise.
+        m(t) &= \bar\mu + k(t, T)(K + \rho_c I)^{-1}(\mu - \bar\mu),\qquad \rho_c = v_c / a_c^2,\\
+        S(t) &= a_c^2\,\bigl(1 - q(t)\bigr),\qquad q(t) = k(t, T)(K + \rho_c I)^{-1}k(T, t),
+
+    with exact time derivatives :math:`\dot m = \partial_t k\,(K + \rho_c I)^{-1}(\mu - \bar\mu)`
+    and :math:`\tfrac{d}{dt}\log S = -\dot q / (1 - q)`: no automatic differentiation in time.
+    The variance dips at the data times and grows between them, as a bridge's does, which is what
+    lets the diffusion be learned. The length scale is :math:`\ell = \Delta t\,(\ell_{min} +
+    \mathrm{softplus}(\cdot))` in units of the snapshot spacing :math:`\Delta t`, bounded below so
+    that the path cannot interpolate the noise. Computed in float64 whatever the inputs' type:
+    the kernel matrix is ill-conditioned.
+
+    Parameters
+    ----------
+    n_channels : int
+        Channels with their own amplitude :math:`a_c`.
+    length_scale, min_length_scale : float
+        Initial and least :math:`\ell / \Delta t`.
+    amplitude : float
+        Initial :math:`a_c`.
+    min_ratio : float
+        Least :math:`\rho_c`, which keeps :math:`K + \rho_c I` invertible.
     """
 
-    def __init__(self, length_scale=3.0, min_length_scale=1.0, nugget=1e-2, min_nugget=1e-6):
+    def __init__(self, n_channels, length_scale=3.0, min_length_scale=1.0, amplitude=0.1, min_ratio=1e-6):
         super().__init__()
-        self.min_length_scale, self.min_nugget = min_length_scale, min_nugget
+        self.min_length_scale, self.min_ratio = min_length_scale, min_ratio
         self.raw_length_scale = nn.Parameter(torch.tensor(inverse_softplus(length_scale - min_length_scale)))
-        self.raw_nugget = nn.Parameter(torch.tensor(inverse_softplus(nugget - min_nugget)))
+        self.raw_amplitude = nn.Parameter(torch.full((n_channels,), inverse_softplus(amplitude)))
 
     def length_scale(self, spacing):
         return spacing * (self.min_length_scale + softplus(self.raw_length_scale))
 
-    def forward(self, times, values):
-        r"""Condition on ``values`` ``(B, M, D)`` at ``times`` ``(B, M)``; returns ``path(t)``
-        mapping times ``(B, n)`` to (values, time derivatives), each ``(B, n, D)``."""
+    def forward(self, times, values, noise, channel):
+        r"""Condition on ``values`` ``(B, M, D)`` at ``times`` ``(B, M)`` with observation variances
+        ``noise`` ``(C,)``, dof ``d`` belonging to channel ``channel[d]``.
+
+        Returns ``path(t)``, mapping times ``(B, n)`` to ``(m, log_S)`` and ``(dm, dlog_S)``,
+        each ``(B, n, D)``, in the dtype of ``values``.
+        """
+        dtype = values.dtype
+        times, values = times.double(), values.double()
         spacing = (times[:, -1] - times[:, 0]) / (times.shape[1] - 1)
-        ell = self.length_scale(spacing)[:, None, None]
-        nugget = self.min_nugget + softplus(self.raw_nugget)
+        ell = self.length_scale(spacing).double()[:, None, None]
+        a2 = softplus(self.raw_amplitude).double() ** 2
+        ratio = (noise.double() / a2).clamp_min(self.min_ratio)
+        eye = torch.eye(times.shape[1], dtype=times.dtype, device=times.device)
         K = torch.exp(-0.5 * ((times[:, :, None] - times[:, None, :]) / ell) ** 2)
-        K = K + nugget * torch.eye(times.shape[1], dtype=K.dtype, device=K.device)
+        L = torch.linalg.cholesky(K[:, None] + ratio[None, :, None, None] * eye)      # (B, C, M, M)
         mean = values.mean(1, keepdim=True)
-        alpha = torch.cholesky_solve(values - mean, torch.linalg.cholesky(K))
+        alpha = torch.empty_like(values)
+        groups = [torch.nonzero(channel == c).flatten() for c in range(len(a2))]
+        for c, dofs in enumerate(groups):
+            alpha[:, :, dofs] = torch.cholesky_solve(values[:, :, dofs] - mean[:, :, dofs], L[:, c])
 
         def path(t):
+            t = t.double()
             d = (t[:, :, None] - times[:, None, :]) / ell                            # (B, n, M)
             k = torch.exp(-0.5 * d**2)
-            return mean + k @ alpha, (-d / ell * k) @ alpha
+            dk = -d / ell * k
+            w = torch.cholesky_solve(k.transpose(1, 2)[:, None], L)                  # (B, C, M, n)
+            q = (k[:, None] * w.transpose(2, 3)).sum(-1)                              # (B, C, n)
+            dq = 2 * (dk[:, None] * w.transpose(2, 3)).sum(-1)
+            gap = (1 - q).clamp_min(self.min_ratio)
+            log_S = (torch.log(a2)[None, :, None] + torch.log(gap)).transpose(1, 2)   # (B, n, C)
+            dlog_S = (-dq / gap).transpose(1, 2)
+            m = mean + k @ alpha
+            dm = dk @ alpha
+            return ((m.to(dtype), log_S[..., channel].to(dtype)),
+                    (dm.to(dtype), dlog_S[..., channel].to(dtype)))
         return path

@@ -89,16 +89,16 @@ def negative_elbo(model, batch, *, beta, residual_times):
     """
     fine, times = batch["fine"], batch["times"]
     B, M, _ = fine.shape
-    mean, log_var = model.encode(fine)                                                # (B, M, D), (D,)
+    mean, log_var = model.encode(fine)                                                # (B, M, D), (C,)
     D = mean.shape[-1]
-    path = model.smoother(times, torch.cat([mean, log_var.expand(B, M, D)], dim=-1))
+    path = model.smoother(times, mean, log_var.exp(), model.sde.channel)
 
-    m, log_S = path(times)[0].split(D, dim=-1)
+    m, log_S = path(times)[0]
     predicted, var = model.decode(reparametrise(m, log_S, torch.randn_like(m)))
     log_likelihood = gaussian_log_likelihood(fine, predicted, var)                   # (B, M)
 
     t = stratified_times(times[:, 0], times[:, -1], residual_times)
-    (m, log_S), (dm, dlog_S) = (x.split(D, dim=-1) for x in path(t))
+    (m, log_S), (dm, dlog_S) = path(t)
     z = reparametrise(m, log_S, torch.randn_like(m))
     f = model.sde.f(t, z.reshape(-1, D)).view(B, residual_times, D)
     sigma2 = model.sde.sigma() ** 2
@@ -181,7 +181,8 @@ def train(dataset, folder, model_config, config=TrainConfig(), *, resume=False, 
             model.sde.calibrate(_encoded_states(model, windows, sampler, config))
         _truncate_log(folder / "log.csv")
 
-    bar = tqdm(total=config.steps, initial=state["step"], desc="training", unit="step", disable=not progress)
+    bar = tqdm(total=config.steps, initial=state["step"], desc="training", unit="step",
+               disable=not progress)
     with open(folder / "log.csv", "a", newline="") as log_file:
         log = csv.writer(log_file)
         if state["step"] == 0:
@@ -193,8 +194,9 @@ def train(dataset, folder, model_config, config=TrainConfig(), *, resume=False, 
             beta = min(1.0, (step + 1) / config.beta_warmup)
             loss, terms = negative_elbo(model, batch, beta=beta, residual_times=config.residual_times)
             if not torch.isfinite(loss):
-                raise TrainingDiverged(f"the loss is {loss.item()} at step {step + 1} (terms {terms}); the last "
-                                       f"good state is in {last}: resume from it with a lower learning rate")
+                raise TrainingDiverged(f"the loss is {loss.item()} at step {step + 1} (terms {terms}); the "
+                                       f"last good state is in {last}: resume from it with a lower learning "
+                                       "rate")
             optimizer.zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip)
