@@ -15,9 +15,9 @@ def test_names_match_the_geo_file(meshes_dir):
     # The tags are Firedrake's: the cylinder's perimeter and the inlet's height come out right.
     perimeter = assemble(Constant(1.0) * ds(names["cylinder"], domain=mesh))
     assert np.isclose(perimeter, 2 * np.pi * 0.05, rtol=2e-2)
-    assert np.isclose(assemble(Constant(1.0) * ds(names["inlet"], domain=mesh)), 0.41)
+    assert np.isclose(assemble(Constant(1.0) * ds(names["inlet"], domain=mesh)), 1.8)
     area = assemble(Constant(1.0) * dx(names["fluid"], domain=mesh))
-    assert np.isclose(area, 2.2 * 0.41 - np.pi * 0.05**2, rtol=1e-3)
+    assert np.isclose(area, 3.2 * 1.8 - np.pi * 0.05**2, rtol=1e-3)
 
 
 def test_geo_is_meshed(meshes_dir, tmp_path):
