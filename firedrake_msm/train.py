@@ -184,7 +184,7 @@ def train(dataset, folder, model_config, config=TrainConfig(), *, resume=False, 
     bar = tqdm(total=config.steps, initial=state["step"], desc="training", unit="step",
                disable=not progress)
     with open(folder / "log.csv", "a", newline="") as log_file:
-        log = csv.writer(log_file)
+        log = csv.writer(log_file, lineterminator="\n")
         if state["step"] == 0:
             log.writerow(["step", "elbo", "likelihood", "kl", "beta", "lr", "seconds", "validation_error"])
         start = time.perf_counter()

@@ -1,0 +1,197 @@
+r"""The side-by-side comparison on one coarse mesh: under-resolved DNS, Smagorinsky LES, the
+implicit-scale model (:math:`n_h = 0`) and the multiscale model, against the fine DNS.
+
+Every method starts each test trajectory from its first fine snapshot :math:`y_0`: the baselines
+from the filtered restriction :math:`R y_0` (the same :math:`R` as the models'), the models from
+the encoder's posterior. Errors are measured on the fine mesh, against the DNS: the baselines'
+coarse states prolonged, :math:`P u_H`, the models' PoE mean averaged over the ensemble.
+"""
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+from firedrake import COMM_SELF, TestFunction, TrialFunction, assemble, dx, inner
+
+from firedrake_msm.closures import CoarseSolver
+from firedrake_msm.data import load_trajectories, splits
+from firedrake_msm.dns import simulate
+from firedrake_msm.forecast import forecast, write_vtk
+from firedrake_msm.metrics import crps, relative_l2, relative_l2_fe, summary
+from firedrake_msm.model import ModelConfig
+from firedrake_msm.problems import PROBLEMS
+from firedrake_msm.train import TrainConfig, load, train
+
+METHODS = ("coarse_dns", "smagorinsky", "implicit_scale", "multiscale")
+
+# DESIGN.md §4: relative L2 test errors from the authors' released results for arXiv:2506.22655.
+REFERENCE = {"pulse": {"coarse_dns": 1.381, "implicit_scale": 0.565, "multiscale": 0.079},
+             "kdv": {"coarse_dns": 0.523, "implicit_scale": 0.324, "multiscale": 0.042},
+             "burgers2d": {"coarse_dns": 0.560, "implicit_scale": 0.141, "multiscale": 0.028},
+             "cylinder": {"coarse_dns": 0.130, "implicit_scale": 0.063, "multiscale": 0.009}}
+
+
+@dataclass
+class Settings:
+    """What a comparison runs: the dataset, the two models' training and the forecasts.
+
+    ``fast()`` gives seconds-long settings for tests only; the defaults are the ones to report.
+    """
+    dns: dict = field(default_factory=dict)              # keywords of dns.simulate
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(noise_std=0.01))
+    n_latent: int = 5
+    samples: int = 64
+    C_s: float = 0.17
+
+    @classmethod
+    def fast(cls):
+        return cls(dns={"trajectories": 4, "resolution": 100, "t_end": 0.1, "dt": 0.01},
+                   train=TrainConfig(steps=4, batch_size=2, window=8, beta_warmup=2, residual_times=4,
+                                     validate_every=2, checkpoint_every=4, validation_samples=2),
+                   n_latent=2, samples=4)
+
+
+@dataclass
+class Result:
+    """One method on the test trajectories: ``errors`` and ``errors_fe`` ``(n, T)`` (dof-vector
+    and FE :math:`L^2` norms), ``crps`` ``(n, T)`` (ensembles only), cost per simulated time
+    unit, and the fine-mesh mean (and spread) of every test trajectory, ``(n, T, N_h)``."""
+    errors: np.ndarray
+    errors_fe: np.ndarray
+    seconds_per_unit_time: float
+    mean: np.ndarray
+    spread: np.ndarray = None
+    crps: np.ndarray = None
+
+
+def compare(case, *, folder="results", data="data", runs="runs", settings=None, retrain=False, progress=True):
+    """Run the comparison for ``case`` and write ``folder/<case>/``: ``summary.json``, ``table.md``,
+    ``table.csv``, plots (PNG) and VTK files of the first test trajectory.
+
+    The dataset ``data/<case>.h5`` and the trained models ``runs/<case>-n0`` and
+    ``runs/<case>-n<n_h>`` are made when missing (or when ``retrain``), else reused.
+
+    Returns the summary (a dict, as written to ``summary.json``).
+    """
+    settings = settings or Settings()
+    problem = PROBLEMS[case]()
+    out = Path(folder) / case
+    out.mkdir(parents=True, exist_ok=True)
+    dataset = Path(data) / f"{case}.h5"
+    if not dataset.exists():
+        dataset.parent.mkdir(parents=True, exist_ok=True)
+        simulate(problem, dataset, **{"trajectories": problem.trajectories, **settings.dns},
+                 progress=progress, comm=COMM_SELF)
+    times, truth = load_trajectories(dataset, **splits(dataset)["test"])
+    models, training = {}, {}
+    for method, n_latent in (("implicit_scale", 0), ("multiscale", settings.n_latent)):
+        run = Path(runs) / f"{case}-n{n_latent}"
+        if retrain or not (run / "checkpoint.pt").exists():
+            start = time.perf_counter()
+            train(dataset, run, ModelConfig(case, n_latent=n_latent), settings.train, progress=progress)
+            training[method] = time.perf_counter() - start
+        best = run / "best.pt" if (run / "best.pt").exists() else run / "checkpoint.pt"
+        models[method], checkpoint = load(best)
+        training.setdefault(method, _training_seconds(run))
+    model = models["multiscale"]
+    mass = assemble(inner(TrialFunction(model.transfer.V_fine), TestFunction(model.transfer.V_fine)) * dx)
+
+    results = {name: _baseline(problem, model, times, truth, closure, settings.C_s, mass)
+               for name, closure in (("coarse_dns", None), ("smagorinsky", "smagorinsky"))}
+    for name, learned in models.items():
+        results[name] = _learned(learned, times, truth, settings, mass)
+    fine_cost = _fine_cost(problem, model.transfer.V_fine.mesh(), dataset)
+
+    summary_ = _summary(case, dataset, results, training, fine_cost, times, truth)
+    (out / "summary.json").write_text(json.dumps(summary_, indent=2))
+    _tables(out, summary_)
+    from firedrake_msm.plots import plot_comparison
+    plot_comparison(out, problem, model, times, truth, results)
+    write_vtk(out / "multiscale.pvd", model, _as_forecast(times, results["multiscale"]), truth)
+    return summary_
+
+
+def _baseline(problem, model, times, truth, closure, C_s, mass):
+    solver = CoarseSolver(problem, model.state.function_space(), closure=closure, C_s=C_s)
+    transfer = model.transfer
+    dtype = next(model.parameters()).dtype
+    start = transfer.restrict(torch.as_tensor(truth[:, 0], dtype=dtype)).double().numpy()
+    states, costs = [], []
+    for u0 in start:
+        result = solver.forecast(u0, times)
+        states.append(result.states)
+        costs.append(result.seconds_per_unit_time)
+    coarse = torch.as_tensor(np.stack(states), dtype=dtype)                          # (n, T, N_H)
+    mean = transfer.prolong(coarse.reshape(-1, coarse.shape[-1])).reshape(truth.shape).double().numpy()
+    return Result(relative_l2(truth, mean), relative_l2_fe(truth, mean, mass), float(np.mean(costs)), mean)
+
+
+@torch.no_grad()
+def _learned(model, times, truth, settings, mass):
+    start = time.perf_counter()
+    result = forecast(model, torch.as_tensor(truth[:, 0]), times, samples=settings.samples, seed=0)
+    seconds = (time.perf_counter() - start) / (times[-1] - times[0]) / truth.shape[0]
+    mean, spread = result.mean.double().numpy(), result.std.double().numpy()
+    # One time at a time: the decoded ensemble of every time would not fit in memory.
+    scores = [crps(model.decode(result.z[:, :, k])[0].double().transpose(0, 1).numpy(), truth[:, k])
+              for k in range(len(times))]
+    return Result(relative_l2(truth, mean), relative_l2_fe(truth, mean, mass), seconds, mean, spread,
+                  np.stack(scores, axis=1))
+
+
+def _fine_cost(problem, mesh, dataset, steps=20):
+    """Seconds per simulated time unit of the fine DNS, timed over ``steps`` steps (after one)."""
+    with h5py.File(dataset, "r") as f:
+        dt = float(f["msm"].attrs["dt"])
+    solver = CoarseSolver(problem, problem.function_space(mesh), dt=dt)
+    _, truth = load_trajectories(dataset, trajectories=[0], time_range=(-np.inf, np.inf))
+    return solver.forecast(truth[0, 0], dt * np.arange(steps + 1)).seconds_per_unit_time
+
+
+def _training_seconds(run):
+    log = np.genfromtxt(run / "log.csv", delimiter=",", names=True)
+    return float(np.atleast_1d(log["seconds"])[-1])
+
+
+def _summary(case, dataset, results, training, fine_cost, times, truth):
+    methods = {}
+    for name in METHODS:
+        r = results[name]
+        mean, std = summary(r.errors)
+        mean_fe, std_fe = summary(r.errors_fe)
+        methods[name] = {"rel_l2_mean": mean, "rel_l2_std": std, "rel_l2_fe_mean": mean_fe,
+                         "rel_l2_fe_std": std_fe,
+                         "crps": None if r.crps is None else float(np.mean(r.crps)),
+                         "seconds_per_unit_time": r.seconds_per_unit_time,
+                         "training_seconds": training.get(name),
+                         "reference_rel_l2": REFERENCE.get(case, {}).get(name)}
+    return {"case": case, "dataset": str(dataset), "test_trajectories": int(truth.shape[0]),
+            "test_times": int(len(times)), "fine_dns": {"seconds_per_unit_time": fine_cost},
+            "methods": methods}
+
+
+def _tables(out, summary_):
+    header = ["method", "rel. L2 (mean ± std)", "rel. L2, FE norm", "CRPS", "s / unit time", "training s",
+              "reference rel. L2"]
+    rows = []
+    for name, m in summary_["methods"].items():
+        rows.append([name, f"{m['rel_l2_mean']:.4f} ± {m['rel_l2_std']:.4f}",
+                     f"{m['rel_l2_fe_mean']:.4f} ± {m['rel_l2_fe_std']:.4f}",
+                     "" if m["crps"] is None else f"{m['crps']:.4g}", f"{m['seconds_per_unit_time']:.3g}",
+                     "" if m["training_seconds"] is None else f"{m['training_seconds']:.0f}",
+                     "" if m["reference_rel_l2"] is None else f"{m['reference_rel_l2']:.3f}"])
+    rows.append(["fine DNS", "", "", "", f"{summary_['fine_dns']['seconds_per_unit_time']:.3g}", "", ""])
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    (out / "table.md").write_text(f"# {summary_['case']}: {summary_['test_trajectories']} test trajectories, "
+                                  f"{summary_['test_times']} times\n\n" + "\n".join(lines) + "\n")
+    (out / "table.csv").write_text("\n".join(",".join(cell.replace(",", ";") for cell in row)
+                                             for row in [header] + rows) + "\n")
+
+
+def _as_forecast(times, result):
+    from firedrake_msm.forecast import Forecast
+    return Forecast(times, None, torch.as_tensor(result.mean), torch.as_tensor(result.spread))

@@ -1,0 +1,28 @@
+"""The comparison command end to end, at test sizes."""
+import json
+
+import pytest
+
+from firedrake_msm.cli import main
+from firedrake_msm.compare import METHODS
+
+
+@pytest.mark.parametrize("case", ["kdv"])
+def test_compare_writes_tables_plots_and_vtk(tmp_path, monkeypatch, capsys, case):
+    monkeypatch.chdir(tmp_path)
+    assert main(["compare", case, "--fast"]) == 0
+    out = tmp_path / "results" / "fast" / case
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["methods"]) == set(METHODS)
+    for name, method in summary["methods"].items():
+        assert 0 < method["rel_l2_mean"] < 2 and method["seconds_per_unit_time"] > 0
+        assert (method["crps"] is None) == (name in ("coarse_dns", "smagorinsky"))
+    assert summary["methods"]["multiscale"]["reference_rel_l2"] == 0.042
+    assert summary["fine_dns"]["seconds_per_unit_time"] > 0
+    for name in ("table.md", "table.csv", "errors.png", "snapshots.png", "spectra.png", "multiscale.pvd"):
+        assert (out / name).stat().st_size > 0
+    assert "multiscale" in capsys.readouterr().out
+    # A second run reuses the dataset and the trained models.
+    before = (tmp_path / "runs" / "fast" / f"{case}-n0" / "checkpoint.pt").stat().st_mtime
+    assert main(["compare", case, "--fast"]) == 0
+    assert (tmp_path / "runs" / "fast" / f"{case}-n0" / "checkpoint.pt").stat().st_mtime == before
