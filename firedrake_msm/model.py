@@ -137,7 +137,7 @@ class MultiscaleSDE(nn.Module):
         return z[..., :self.n_u], z[..., self.n_u:].unflatten(-1, (self.n_nodes, self.n_latent))
 
     def channels(self, z):
-        """``(B, D)`` to the nodal channels ``(B, N_H, c + n_h)``."""
+        """``(..., D)`` to the nodal channels ``(..., N_H, c + n_h)``."""
         u, h = self.split(z)
         return torch.cat([u.unflatten(-1, (self.n_nodes, self.n_components)), h], dim=-1)
 
@@ -175,36 +175,38 @@ class MultiscaleSDE(nn.Module):
 class Decoder(nn.Module):
     r"""The product-of-experts observation model on the fine mesh.
 
-    Macro expert :math:`N(y; Pu, s_u^2)`, micro expert :math:`N(y; Pu + D_\theta(h), s_h^2)`, with
-    the local neural field :math:`D_\theta(h)(x_j) = \sum_{i \in K(x_j)} \phi_i(x_j)\sum_c
-    \psi_c(\delta_{ij})\,h_{ic}` over the nodes :math:`i` of the coarse cell :math:`K` containing
-    :math:`x_j` (:class:`~firedrake_msm.posterior.StencilField`): a learned sub-cell basis that
-    the auxiliary state weighs. Their product (:func:`~firedrake_msm.elbo.product_of_experts`)
-    has variance :math:`V` and mean :math:`Pu + (V/s_h^2) D_\theta`. The standard deviations are
-    learned constants (softplus, initially ``std``).
+    Macro expert :math:`N(y; Pu, s_u^2)`, micro expert :math:`N(y; Pu + D_\theta(u, h), s_h^2)`,
+    with the local neural field
+
+    .. math:: D_\theta(u, h)(x_j) = \sum_{i \in K(x_j)} \phi_i(x_j)\sum_c \psi_c(\delta_{ij})\,z_{ic},
+              \qquad z_i = (u_i, h_i),
+
+    over the nodes :math:`i` of the coarse cell :math:`K` containing :math:`x_j`
+    (:class:`~firedrake_msm.posterior.StencilField`): a learned sub-cell basis that the state
+    weighs. With :math:`n_h = 0` it still sharpens what :math:`u` alone determines. The normalised
+    product (:func:`~firedrake_msm.elbo.product_of_experts`) has variance :math:`V` and mean
+    :math:`Pu + (V/s_h^2) D_\theta`. The standard deviations are learned constants (softplus,
+    initially ``std``).
     """
 
     def __init__(self, transfer, n_latent, *, width=32, depth=2, std=0.02):
         super().__init__()
         self.transfer = transfer
-        self.n_latent = n_latent
         self.n_components = transfer.V_fine.block_size
+        stencil = coarse_stencil(transfer.V_fine, transfer.V_coarse)
+        self.field = StencilField(stencil, self.n_components, self.n_components + n_latent, width=width,
+                                  depth=depth)
         raw = inverse_softplus(std)
         self.raw_std_u = nn.Parameter(torch.tensor(raw))
-        if n_latent:
-            stencil = coarse_stencil(transfer.V_fine, transfer.V_coarse)
-            self.field = StencilField(stencil, self.n_components, n_latent, width=width, depth=depth)
-            self.raw_std_h = nn.Parameter(torch.tensor(raw))
+        self.raw_std_h = nn.Parameter(torch.tensor(raw))
 
-    def forward(self, u, h):
-        """``u``: ``(..., N_u)``, ``h``: ``(..., N_H, n_h)``; returns the mean ``(..., N_h)`` and
-        the variance (a scalar tensor)."""
+    def forward(self, u, channels):
+        """``u``: ``(..., N_u)``, ``channels``: ``(..., N_H, c + n_h)``; returns the mean
+        ``(..., N_h)`` and the variance (a scalar tensor)."""
         macro = self.transfer.prolong(u.reshape(-1, u.shape[-1])).view(*u.shape[:-1], -1)
-        var_u = softplus(self.raw_std_u) ** 2
-        if not self.n_latent:
-            return macro, var_u
-        correction = self.field(h.flatten(-2)).flatten(-2)
-        return product_of_experts(macro, var_u, correction, softplus(self.raw_std_h) ** 2)
+        correction = self.field(channels.flatten(-2)).flatten(-2)
+        return product_of_experts(macro, softplus(self.raw_std_u) ** 2, correction,
+                                  softplus(self.raw_std_h) ** 2)
 
 
 @dataclass
@@ -281,4 +283,4 @@ class MultiscaleModel(nn.Module):
 
     def decode(self, z):
         """PoE mean ``(..., N_h)`` and variance of the fine field at states ``z`` ``(..., D)``."""
-        return self.decoder(*self.sde.split(z))
+        return self.decoder(z[..., :self.sde.n_u], self.sde.channels(z))
