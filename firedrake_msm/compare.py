@@ -47,8 +47,12 @@ class Settings:
     C_s: float = 0.17
 
     @classmethod
-    def fast(cls):
-        return cls(dns={"trajectories": 4, "resolution": 100, "t_end": 0.1, "dt": 0.01},
+    def fast(cls, case):
+        dns = {"trajectories": 4, "t_end": 0.1, "dt": 0.01,
+               "resolution": {"burgers2d": 16, "cylinder": "coarse"}.get(case, 100)}
+        if case == "cylinder":     # one trajectory, from rest: the coarse mesh as the fine one
+            dns.update(trajectories=1, t_end=0.3, spin_up=0.0)
+        return cls(dns=dns,
                    train=TrainConfig(steps=4, batch_size=2, window=8, beta_warmup=2, residual_times=4,
                                      validate_every=2, checkpoint_every=4, validation_samples=2),
                    n_latent=2, samples=4)
