@@ -69,7 +69,7 @@ class StencilField(nn.Module):
         rows = (a[None, :] * n_rows + self.rows[:, None]).reshape(-1)
         cols = (self.cols[:, None] * self.n_b + b[None, :]).reshape(-1)
         return torch.sparse_coo_tensor(torch.stack([rows, cols]), values.reshape(-1),
-                                       size=(self.n_a * n_rows, n_cols * self.n_b))
+                                       size=(self.n_a * n_rows, n_cols * self.n_b), check_invariants=False)
 
     def forward(self, X):
         """``X``: ``(..., n_cols * n_b)`` column-node-major; returns ``(..., n_rows, n_a)``."""

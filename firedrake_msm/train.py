@@ -178,7 +178,7 @@ def train(dataset, folder, model_config, config=TrainConfig(), *, resume=False, 
         if warm_start is not None:
             _load_matching(model, torch.load(warm_start, weights_only=False)["model"])
         else:
-            model.sde.calibrate(_encoded_states(model, windows, sampler, config))
+            model.sde.calibrate(_encoded_states(model, windows, config))
         _truncate_log(folder / "log.csv")
 
     bar = tqdm(total=config.steps, initial=state["step"], desc="training", unit="step",
@@ -270,9 +270,9 @@ def _collate(items, device):
 
 
 @torch.no_grad()
-def _encoded_states(model, windows, sampler, config, n_windows=16):
+def _encoded_states(model, windows, config, n_windows=16):
     """Encoded states of a few training windows, ``(n, D)``: what the network inputs look like.
-    Drawn from a copy of the sampler, so that calibrating does not change the training sequence."""
+    Drawn with a generator of their own, so that calibrating leaves the training sequence alone."""
     draw = torch.Generator().manual_seed(config.seed + 1)
     index = torch.randint(len(windows), (n_windows,), generator=draw)
     fine = _collate([windows[int(k)] for k in index], config.device)["fine"]
