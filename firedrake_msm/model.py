@@ -281,6 +281,19 @@ class MultiscaleModel(nn.Module):
         residual = fine - self.transfer.prolong(coarse.reshape(-1, coarse.shape[-1])).view(fine.shape)
         return self.encoder(coarse, residual)
 
+    @torch.no_grad()
+    def calibrate(self, fine):
+        """Scale the networks' inputs and the decoder's standard deviations to data, ``(B, N_h)``
+        fine snapshots: the closure's from the encoded states, both experts' from the size of
+        what the coarse space misses, :math:`y - PRy` (from their initial 0.02, the optimiser
+        would take thousands of steps to get there)."""
+        mean, _ = self.encode(fine)
+        self.sde.calibrate(mean)
+        coarse = self.transfer.restrict(fine)
+        missed = (fine - self.transfer.prolong(coarse)).pow(2).mean().sqrt()
+        for raw in (self.decoder.raw_std_u, self.decoder.raw_std_h):
+            raw.fill_(inverse_softplus(float(missed)))
+
     def decode(self, z):
         """PoE mean ``(..., N_h)`` and variance of the fine field at states ``z`` ``(..., D)``."""
         return self.decoder(z[..., :self.sde.n_u], self.sde.channels(z))

@@ -178,7 +178,7 @@ def train(dataset, folder, model_config, config=TrainConfig(), *, resume=False, 
         if warm_start is not None:
             _load_matching(model, torch.load(warm_start, weights_only=False)["model"])
         else:
-            model.sde.calibrate(_encoded_states(model, windows, config))
+            model.calibrate(_sample_snapshots(windows, config))
         _truncate_log(folder / "log.csv")
 
     bar = tqdm(total=config.steps, initial=state["step"], desc="training", unit="step",
@@ -269,15 +269,13 @@ def _collate(items, device):
     return {key: torch.stack([item[key] for item in items]).to(device) for key in ("fine", "times")}
 
 
-@torch.no_grad()
-def _encoded_states(model, windows, config, n_windows=16):
-    """Encoded states of a few training windows, ``(n, D)``: what the network inputs look like.
-    Drawn with a generator of their own, so that calibrating leaves the training sequence alone."""
+def _sample_snapshots(windows, config, n_windows=16):
+    """The snapshots of a few training windows, ``(n, N_h)``, to calibrate the model with;
+    drawn with a generator of their own, so that calibrating leaves the training sequence alone."""
     draw = torch.Generator().manual_seed(config.seed + 1)
     index = torch.randint(len(windows), (n_windows,), generator=draw)
     fine = _collate([windows[int(k)] for k in index], config.device)["fine"]
-    mean, _ = model.encode(fine)
-    return mean.reshape(-1, mean.shape[-1])
+    return fine.reshape(-1, fine.shape[-1])
 
 
 def _load_matching(model, state_dict):
