@@ -1,0 +1,23 @@
+"""The literate demos run as scripts, at the tiny ``--fast`` sizes."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+DEMOS = Path(__file__).resolve().parent.parent / "demos"
+
+
+# The cylinder takes about a minute on two busy cores (its DNS alone is 20 s): slow.
+@pytest.mark.parametrize("case", ["pulse", "kdv", "burgers2d",
+                                  pytest.param("cylinder", marks=pytest.mark.slow)])
+def test_demo_runs_and_draws_its_figure(tmp_path, case):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PETSC_OPTIONS": "-options_left no", "MPLBACKEND": "Agg"}
+    run = subprocess.run([sys.executable, str(DEMOS / f"{case}.py"), "--fast", "--output", "out"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    out = tmp_path / "out" / "results" / "fast" / "demos" / case
+    assert (out / f"{case}.png").stat().st_size > 0
+    assert (out / f"{case}.pvd").exists()
+    assert "relative L2 error" in run.stdout
