@@ -44,6 +44,7 @@ def main(argv=None):
     compare.add_argument("--results", type=Path, default=Path("results"))
     compare.add_argument("--data", type=Path, default=Path("data"))
     compare.add_argument("--runs", type=Path, default=Path("runs"))
+    compare.add_argument("--workers", type=int, default=2, help="parallel processes (training, baselines)")
     args = parser.parse_args(argv)
     commands = {"dns": _dns, "train": _train, "forecast": _forecast, "compare": _compare}
     return commands[args.command](parser, args)
@@ -115,7 +116,7 @@ def _compare(parser, args):
         settings.train = dataclasses.replace(settings.train, steps=args.steps)
     start = time.perf_counter()
     compare(args.case, folder=args.results, data=args.data, runs=args.runs, settings=settings,
-            retrain=args.retrain)
+            retrain=args.retrain, workers=args.workers)
     out = args.results / args.case
     print((out / "table.md").read_text())
     print(f"done in {time.perf_counter() - start:.0f} s; tables, plots and VTK files in {out}/")

@@ -7,7 +7,9 @@ the encoder's posterior. Errors are measured on the fine mesh, against the DNS: 
 coarse states prolonged, :math:`P u_H`, the models' PoE mean averaged over the ensemble.
 """
 import json
+import multiprocessing
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -71,12 +73,14 @@ class Result:
     crps: np.ndarray = None
 
 
-def compare(case, *, folder="results", data="data", runs="runs", settings=None, retrain=False, progress=True):
+def compare(case, *, folder="results", data="data", runs="runs", settings=None, retrain=False, progress=True,
+            workers=2):
     """Run the comparison for ``case`` and write ``folder/<case>/``: ``summary.json``, ``table.md``,
     ``table.csv``, plots (PNG) and VTK files of the first test trajectory.
 
     The dataset ``data/<case>.h5`` and the trained models ``runs/<case>-n0`` and
-    ``runs/<case>-n<n_h>`` are made when missing (or when ``retrain``), else reused.
+    ``runs/<case>-n<n_h>`` are made when missing (or when ``retrain``), else reused. With
+    ``workers > 1`` the two models train, and the two baselines run, in parallel processes.
 
     Returns the summary (a dict, as written to ``summary.json``).
     """
@@ -90,23 +94,28 @@ def compare(case, *, folder="results", data="data", runs="runs", settings=None, 
         simulate(problem, dataset, **{"trajectories": problem.trajectories, **settings.dns},
                  progress=progress, comm=COMM_SELF)
     times, truth = load_trajectories(dataset, **splits(dataset)["test"])
-    models, training = {}, {}
-    for method, n_latent in (("implicit_scale", 0), ("multiscale", settings.n_latent)):
-        run = Path(runs) / f"{case}-n{n_latent}"
-        if retrain or not (run / "checkpoint.pt").exists():
-            start = time.perf_counter()
-            train(dataset, run, ModelConfig(case, n_latent=n_latent), settings.train, progress=progress)
-            training[method] = time.perf_counter() - start
-        best = run / "best.pt" if (run / "best.pt").exists() else run / "checkpoint.pt"
-        models[method], checkpoint = load(best)
+    n_latent = {"implicit_scale": 0, "multiscale": settings.n_latent}
+    learned = {method: Path(runs) / f"{case}-n{n}" for method, n in n_latent.items()}
+    # Spawned, not forked: a forked child would share PETSc's and torch's state with this process.
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        jobs = {method: pool.submit(_train, dataset, run, ModelConfig(case, n_latent=n_latent[method]),
+                                    settings.train, progress, position)
+                for position, (method, run) in enumerate(learned.items())
+                if retrain or not (run / "checkpoint.pt").exists()}
+        training = {method: job.result() for method, job in jobs.items()}
+        checkpoints = {method: run / "best.pt" if (run / "best.pt").exists() else run / "checkpoint.pt"
+                       for method, run in learned.items()}
+        baselines = {name: pool.submit(_baseline, case, checkpoints["multiscale"], times, truth, closure,
+                                       settings.C_s)
+                     for name, closure in (("coarse_dns", None), ("smagorinsky", "smagorinsky"))}
+        models = {method: load(checkpoint)[0] for method, checkpoint in checkpoints.items()}
+        model = models["multiscale"]
+        mass = assemble(inner(TrialFunction(model.transfer.V_fine), TestFunction(model.transfer.V_fine)) * dx)
+        results = {name: _learned(learned_model, times, truth, settings, mass)
+                   for name, learned_model in models.items()}
+        results.update({name: job.result() for name, job in baselines.items()})
+    for method, run in learned.items():
         training.setdefault(method, _training_seconds(run))
-    model = models["multiscale"]
-    mass = assemble(inner(TrialFunction(model.transfer.V_fine), TestFunction(model.transfer.V_fine)) * dx)
-
-    results = {name: _baseline(problem, model, times, truth, closure, settings.C_s, mass)
-               for name, closure in (("coarse_dns", None), ("smagorinsky", "smagorinsky"))}
-    for name, learned in models.items():
-        results[name] = _learned(learned, times, truth, settings, mass)
     fine_cost = _fine_cost(problem, model.transfer.V_fine.mesh(), dataset)
 
     summary_ = _summary(case, dataset, results, training, fine_cost, times, truth)
@@ -118,7 +127,19 @@ def compare(case, *, folder="results", data="data", runs="runs", settings=None, 
     return summary_
 
 
-def _baseline(problem, model, times, truth, closure, C_s, mass):
+def _train(dataset, run, model_config, config, progress, position):
+    """Train one model (in a worker process); returns the seconds it took."""
+    start = time.perf_counter()
+    train(dataset, run, model_config, config, progress=progress, position=position)
+    return time.perf_counter() - start
+
+
+def _baseline(case, checkpoint, times, truth, closure, C_s):
+    """A coarse Firedrake run (in a worker process) on the model's coarse mesh, from the model's
+    restriction of each first snapshot, prolonged to the fine mesh."""
+    problem, model = PROBLEMS[case](), load(checkpoint)[0]
+    V = model.transfer.V_fine
+    mass = assemble(inner(TrialFunction(V), TestFunction(V)) * dx)
     solver = CoarseSolver(problem, model.state.function_space(), closure=closure, C_s=C_s)
     transfer = model.transfer
     dtype = next(model.parameters()).dtype

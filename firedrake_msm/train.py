@@ -119,7 +119,7 @@ def relative_errors(model, snapshots, times, *, samples, seed=0):
 
 
 def train(dataset, folder, model_config, config=TrainConfig(), *, resume=False, warm_start=None,
-          progress=True):
+          progress=True, position=None):
     r"""Train a :class:`~firedrake_msm.model.MultiscaleModel` on ``dataset``.
 
     Writes into ``folder``: ``checkpoint.pt`` (the last state: model, optimiser, scheduler, step
@@ -140,6 +140,8 @@ def train(dataset, folder, model_config, config=TrainConfig(), *, resume=False, 
     warm_start : str or pathlib.Path, optional
         A checkpoint whose matching parameters initialise the model (e.g. a model with fewer
         auxiliary channels, as the reference grows :math:`n_h` in stages).
+    progress, position : bool, int
+        Show a progress bar, on this line (for runs side by side).
 
     Returns
     -------
@@ -181,8 +183,8 @@ def train(dataset, folder, model_config, config=TrainConfig(), *, resume=False, 
             model.calibrate(_sample_snapshots(windows, config))
         _truncate_log(folder / "log.csv")
 
-    bar = tqdm(total=config.steps, initial=state["step"], desc="training", unit="step",
-               disable=not progress)
+    bar = tqdm(total=config.steps, initial=state["step"], desc=f"training {folder.name}", unit="step",
+               disable=not progress, position=position)
     with open(folder / "log.csv", "a", newline="") as log_file:
         log = csv.writer(log_file, lineterminator="\n")
         if state["step"] == 0:
