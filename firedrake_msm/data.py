@@ -21,7 +21,7 @@ def load_space(path, comm=COMM_SELF):
     with CheckpointFile(str(path), "r", comm=comm) as f:
         mesh = f.load_mesh()
         index = f.load_function(mesh, "dof_index")
-    return index.function_space(), index.dat.data_ro.astype(np.int64)
+    return index.function_space(), index.dat.data_ro.reshape(-1).astype(np.int64)
 
 
 class SnapshotWindows(torch.utils.data.Dataset):
