@@ -36,54 +36,17 @@ from firedrake import COMM_SELF, Constant, Function, FunctionSpace, assemble, dx
 from firedrake.pyplot import tripcolor
 from matplotlib.figure import Figure
 
-import firedrake_msm.data
 from firedrake_msm.closures import CoarseSolver
 from firedrake_msm.compare import Settings
-from firedrake_msm.data import load_trajectories, splits
+from firedrake_msm.data import load_space, load_trajectories, splits
 from firedrake_msm.dns import simulate
 from firedrake_msm.forecast import forecast, write_vtk
 from firedrake_msm.metrics import crps, relative_l2, summary
-from firedrake_msm.bridge.mass import MassOperator
-from firedrake_msm.model import ModelConfig, MultiscaleSDE, scalar_space
+from firedrake_msm.model import ModelConfig
 from firedrake_msm.problems import Cylinder
 from firedrake_msm.train import load, train
 from firedrake_msm.transfer import Transfer
 
-
-# Three workarounds, harmless once the package has the fixes. ``Cylinder`` does not declare that only
-# its velocity (subspace 0) carries a time derivative, so the model's physics drift would take the
-# pressure for a prognostic unknown; declare it, as ``KdV`` does for :math:`u`.
-if Cylinder.prognostic is None:
-    Cylinder.prognostic = (0,)
-# And ``load_space`` returns the dof order of a vector-valued space as an ``(N, 2)`` array
-# (``Function.dat.data`` of the stored dof index), so that ``load_trajectories`` and
-# ``SnapshotWindows`` would serve ``(..., N, 2)`` blocks instead of flat ``(..., 2N)`` dof vectors.
-# Flattening it (a no-op for scalar spaces) gives the flat order, node by node.
-_load_space = firedrake_msm.data.load_space
-
-
-def load_space(path, comm=COMM_SELF):
-    V, order = _load_space(path, comm)
-    return V, order.reshape(-1)
-
-
-firedrake_msm.data.load_space = load_space
-# And ``MultiscaleSDE`` scales its noise by :math:`(\bar m / m_i)^{1/2}` with the row-sum lumped
-# mass :math:`m_i = \int\phi_i`, which is zero or negative at the vertices of P2 triangles: NaN
-# noise, a NaN loss at the first step. Use the HRZ lumping (positive for any degree) instead.
-_sde_init = MultiscaleSDE.__init__
-
-
-def sde_init(self, V, n_latent=5, **kwargs):
-    with np.errstate(invalid="ignore", divide="ignore"):
-        _sde_init(self, V, n_latent, **kwargs)
-    m = MassOperator(scalar_space(V), "lumped").diag.numpy()
-    spread = np.sqrt(m.mean() / m)
-    self.spread.copy_(torch.as_tensor(np.concatenate([np.repeat(spread, self.n_components),
-                                                      np.repeat(spread, n_latent)])))
-
-
-MultiscaleSDE.__init__ = sde_init
 
 parser = argparse.ArgumentParser(description="The cylinder wake, step by step.")
 parser.add_argument("--fast", action="store_true", help="tiny sizes, for tests only")
