@@ -18,8 +18,10 @@ export PETSC_OPTIONS := -options_left no
 install:
 	@bash scripts/install.sh
 
+# The main demo: data, both models, both baselines and the comparison for KdV, into results/kdv/
+# (reusing data/ and runs/ when they are there).
 demo: install
-	$(PYTHON) demos/burgers_bridge.py
+	$(FIREDRAKE_MSM_VENV)/bin/firedrake-msm compare kdv
 
 lint: install
 	$(PYTHON) -m flake8 firedrake_msm tests demos benchmarks

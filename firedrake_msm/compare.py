@@ -43,7 +43,7 @@ class Settings:
     ``fast()`` gives seconds-long settings for tests only; the defaults are the ones to report.
     """
     dns: dict = field(default_factory=dict)              # keywords of dns.simulate
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(noise_std=0.01))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=3000, noise_std=0.01))
     n_latent: int = 5
     samples: int = 64
     C_s: float = 0.17

@@ -291,8 +291,11 @@ class MultiscaleModel(nn.Module):
         self.sde.calibrate(mean)
         coarse = self.transfer.restrict(fine)
         missed = (fine - self.transfer.prolong(coarse)).pow(2).mean().sqrt()
+        # Floored: when the coarse space misses nothing (same meshes, no filter) the experts
+        # still need a width the optimiser can move.
+        std = max(float(missed), 1e-2 * float(fine.std()))
         for raw in (self.decoder.raw_std_u, self.decoder.raw_std_h):
-            raw.fill_(inverse_softplus(float(missed)))
+            raw.fill_(inverse_softplus(std))
 
     def decode(self, z):
         """PoE mean ``(..., N_h)`` and variance of the fine field at states ``z`` ``(..., D)``."""
