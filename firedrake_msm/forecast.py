@@ -55,9 +55,10 @@ def forecast(model, initial, times, *, samples=64, dt=None, seed=0, method="eule
     mean = mean.repeat_interleave(S, dim=0)
     noise = torch.randn(mean.shape, generator=generator, device=param.device, dtype=param.dtype)
     z0 = mean + torch.exp(0.5 * log_var[model.sde.channel]) * noise
-    ts = torch.as_tensor(times - times[0], dtype=param.dtype, device=param.device)
+    # Absolute times: the drift reads them for time-dependent boundary data.
+    ts = torch.as_tensor(times, dtype=torch.float64).to(dtype=param.dtype, device=param.device)
     dt = float(dt or (times[1] - times[0]))
-    bm = torchsde.BrownianInterval(t0=0.0, t1=float(ts[-1]), size=z0.shape, dtype=param.dtype,
+    bm = torchsde.BrownianInterval(t0=float(ts[0]), t1=float(ts[-1]), size=z0.shape, dtype=param.dtype,
                                    device=param.device, entropy=seed)
     z = torchsde.sdeint(model.sde, z0, ts, bm=bm, dt=dt, method=method)              # (T, n S, D)
     z = z.view(len(times), n, S, -1).permute(1, 2, 0, 3)
