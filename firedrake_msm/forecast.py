@@ -28,7 +28,7 @@ class Forecast:
 
 
 @torch.no_grad()
-def forecast(model, initial, times, *, samples=64, dt=None, seed=0, method="euler"):
+def forecast(model, initial, times, *, samples=64, dt=None, seed=0, method="srk"):
     r"""Integrate the learned SDE from the posterior at the first snapshot.
 
     :math:`z_0 \sim N(\mu(y_0), \mathrm{diag}\,v)` from the encoder, then
@@ -46,6 +46,11 @@ def forecast(model, initial, times, *, samples=64, dt=None, seed=0, method="eule
         Ensemble members per initial condition.
     dt : float, optional
         Solver step (default: the output interval).
+    method : str
+        torchsde's scheme: ``"srk"`` (default; strong order 1.5 for diagonal noise, and its
+        Runge-Kutta stages keep learned drifts with large imaginary eigenvalues stable: on the
+        pulse, Euler at the output interval 1e-3 grew to a relative error of 1.04 by t = 0.2 where
+        SRK stayed at 0.26) or ``"euler"`` (about 5x cheaper).
     """
     param = next(model.parameters())
     initial = initial.to(param)
@@ -59,7 +64,8 @@ def forecast(model, initial, times, *, samples=64, dt=None, seed=0, method="eule
     ts = torch.as_tensor(times, dtype=torch.float64).to(dtype=param.dtype, device=param.device)
     dt = float(dt or (times[1] - times[0]))
     bm = torchsde.BrownianInterval(t0=float(ts[0]), t1=float(ts[-1]), size=z0.shape, dtype=param.dtype,
-                                   device=param.device, entropy=seed)
+                                   device=param.device, entropy=seed,
+                                   levy_area_approximation="space-time" if method == "srk" else "none")
     z = torchsde.sdeint(model.sde, z0, ts, bm=bm, dt=dt, method=method)              # (T, n S, D)
     z = z.view(len(times), n, S, -1).permute(1, 2, 0, 3)
     # One time at a time: the whole decoded ensemble would not fit in memory on a fine mesh.
