@@ -109,3 +109,15 @@ def test_forecast_is_seeded_and_writes_vtk(kdv, tmp_path):
     assert torch.all(a.std[:, 1:] > 0)
     write_vtk(tmp_path / "forecast.pvd", model, a, truth)
     assert (tmp_path / "forecast.pvd").exists()
+
+
+def test_command_line_trains_and_forecasts(kdv, tmp_path, capsys):
+    from firedrake_msm.cli import main
+    run = tmp_path / "run"
+    assert main(["train", str(kdv), "--n-latent", "1", "--steps", "2", "--batch-size", "2", "--window",
+                 "8", "--validate-every", "0", "--checkpoint-every", "2", "--output", str(run)]) == 0
+    assert (run / "checkpoint.pt").exists() and "trained in" in capsys.readouterr().out
+    vtk = tmp_path / "forecast.pvd"
+    assert main(["forecast", str(run / "checkpoint.pt"), "--samples", "2", "--vtk", str(vtk)]) == 0
+    out = capsys.readouterr().out
+    assert "relative L2 error over 1 test trajectories" in out and vtk.exists()
