@@ -143,7 +143,7 @@ def test_strouhal_of_a_sine():
 
 @pytest.mark.slow
 def test_cylinder_sheds_at_the_published_strouhal_number(tmp_path):
-    """About 1 hour on one core: the fine mesh's wake, 5 time units after a 5-unit spin-up, sheds
+    """About 40 minutes on one core: the fine mesh's wake, 5 time units after a 5-unit spin-up, sheds
     within 10 % of the unconfined cylinder's St = 0.19 at Re 160."""
     problem = Cylinder()
     path = simulate(problem, tmp_path / "cylinder.h5", trajectories=1, t_end=10.0, progress=False)
