@@ -32,7 +32,7 @@ from firedrake_msm.compare import Settings
 from firedrake_msm.data import load_space, load_trajectories, splits
 from firedrake_msm.dns import simulate
 from firedrake_msm.forecast import forecast, write_vtk
-from firedrake_msm.metrics import crps, relative_l2, summary
+from firedrake_msm.metrics import relative_l2, summary
 from firedrake_msm.model import ModelConfig
 from firedrake_msm.problems import AdvectedPulse
 from firedrake_msm.train import load, train
@@ -94,7 +94,7 @@ model, _ = load(best)
 # An ensemble forecast from the first test snapshot: the encoder gives the posterior of
 # :math:`z = (u, h)`, torchsde integrates the learned SDE for each member, and the decoder maps
 # each path back to the fine mesh (``result.mean``, ``result.std``: ``(n, T, N_h)``).
-result = forecast(model, y0, times, samples=settings.samples, seed=0)
+result = forecast(model, y0, times, samples=settings.samples, seed=0, truth=truth)
 predictions = {"multiscale": result.mean.double().numpy()}
 
 # The baselines on the same 20 cells, from the same :math:`R y_0`: the coarse DNS (the problem's
@@ -109,9 +109,7 @@ for name, closure in (("coarse DNS", None), ("Smagorinsky", "smagorinsky")):
 # Errors: the relative :math:`L^2` error of the dof vector at every test time, and for the
 # ensemble the CRPS (lower is better; it rewards a spread that covers the truth).
 errors = {name: relative_l2(truth, prediction) for name, prediction in predictions.items()}
-with torch.no_grad():
-    score = np.mean([crps(model.decode(result.z[:, :, k])[0].transpose(0, 1), truth[:, k])
-                     for k in range(len(times))])
+score = result.crps.mean()
 for name, e in errors.items():
     print(f"{name:>12}: relative L2 error {summary(e)[0]:.3f} ± {summary(e)[1]:.3f}")
 print(f"  multiscale CRPS {score:.4g}")

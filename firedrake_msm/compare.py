@@ -22,7 +22,7 @@ from firedrake_msm.closures import CoarseSolver
 from firedrake_msm.data import load_trajectories, splits
 from firedrake_msm.dns import simulate
 from firedrake_msm.forecast import forecast, write_vtk
-from firedrake_msm.metrics import crps, relative_l2, relative_l2_fe, summary
+from firedrake_msm.metrics import relative_l2, relative_l2_fe, summary
 from firedrake_msm.model import ModelConfig
 from firedrake_msm.problems import PROBLEMS
 from firedrake_msm.train import TrainConfig, load, train
@@ -154,17 +154,14 @@ def _baseline(case, checkpoint, times, truth, closure, C_s):
     return Result(relative_l2(truth, mean), relative_l2_fe(truth, mean, mass), float(np.mean(costs)), mean)
 
 
-@torch.no_grad()
 def _learned(model, times, truth, settings, mass):
     start = time.perf_counter()
-    result = forecast(model, torch.as_tensor(truth[:, 0]), times, samples=settings.samples, seed=0)
+    result = forecast(model, torch.as_tensor(truth[:, 0]), times, samples=settings.samples, seed=0,
+                      truth=truth)
     seconds = (time.perf_counter() - start) / (times[-1] - times[0]) / truth.shape[0]
     mean, spread = result.mean.double().numpy(), result.std.double().numpy()
-    # One time at a time: the decoded ensemble of every time would not fit in memory.
-    scores = [crps(model.decode(result.z[:, :, k])[0].double().transpose(0, 1).numpy(), truth[:, k])
-              for k in range(len(times))]
     return Result(relative_l2(truth, mean), relative_l2_fe(truth, mean, mass), seconds, mean, spread,
-                  np.stack(scores, axis=1))
+                  result.crps)
 
 
 def _fine_cost(problem, mesh, dataset, steps=20):
@@ -172,7 +169,7 @@ def _fine_cost(problem, mesh, dataset, steps=20):
     with h5py.File(dataset, "r") as f:
         dt = float(f["msm"].attrs["dt"])
     solver = CoarseSolver(problem, problem.function_space(mesh), dt=dt)
-    _, truth = load_trajectories(dataset, trajectories=[0], time_range=(-np.inf, np.inf))
+    _, truth = load_trajectories(dataset, trajectories=[0])
     return solver.forecast(truth[0, 0], dt * np.arange(steps + 1)).seconds_per_unit_time
 
 

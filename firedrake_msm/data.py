@@ -120,8 +120,9 @@ def load_trajectories(path, *, trajectories=None, time_range=None):
     _, order = load_space(path)
     with h5py.File(path, "r") as f:
         times = f["msm/times"][...]
-        keep = np.ones(len(times), dtype=bool) if time_range is None else \
-            (times >= time_range[0]) & (times <= time_range[1])
+        # The times are sorted, so a range is one slice: read only that.
+        t0, t1 = (-np.inf, np.inf) if time_range is None else time_range
+        lo, hi = np.searchsorted(times, t0, side="left"), np.searchsorted(times, t1, side="right")
         rows = list(range(f["msm/snapshots"].shape[0]) if trajectories is None else trajectories)
-        snapshots = np.stack([f["msm/snapshots"][k][keep][:, order] for k in rows])
-    return times[keep], snapshots
+        snapshots = np.stack([f["msm/snapshots"][k, lo:hi][:, order] for k in rows])
+    return times[lo:hi], snapshots

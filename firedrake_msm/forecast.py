@@ -7,6 +7,8 @@ import torchsde
 from firedrake import Function, VTKFile
 from firedrake.ml.pytorch import from_torch
 
+from firedrake_msm.metrics import crps
+
 
 @dataclass
 class Forecast:
@@ -20,15 +22,18 @@ class Forecast:
         ``(n, S, T, D)`` latent paths: ``n`` initial conditions, ``S`` samples each.
     mean, std : torch.Tensor
         ``(n, T, N_h)`` ensemble mean and spread of the decoded (PoE mean) fine fields.
+    crps : numpy.ndarray or None
+        ``(n, T)`` the ensemble's CRPS against the truth, when it was given.
     """
     times: np.ndarray
     z: torch.Tensor
     mean: torch.Tensor
     std: torch.Tensor
+    crps: np.ndarray = None
 
 
 @torch.no_grad()
-def forecast(model, initial, times, *, samples=64, dt=None, seed=0, method="srk"):
+def forecast(model, initial, times, *, samples=64, dt=None, seed=0, method="srk", truth=None):
     r"""Integrate the learned SDE from the posterior at the first snapshot.
 
     :math:`z_0 \sim N(\mu(y_0), \mathrm{diag}\,v)` from the encoder, then
@@ -51,6 +56,9 @@ def forecast(model, initial, times, *, samples=64, dt=None, seed=0, method="srk"
         Runge-Kutta stages keep learned drifts with large imaginary eigenvalues stable: on the
         pulse, Euler at the output interval 1e-3 grew to a relative error of 1.04 by t = 0.2 where
         SRK stayed at 0.26) or ``"euler"`` (about 5x cheaper).
+    truth : array_like, optional
+        ``(n, T, N_h)`` fine snapshots at ``times``: score the ensemble against them (CRPS) while
+        it is decoded.
     """
     param = next(model.parameters())
     initial = initial.to(param)
@@ -69,13 +77,15 @@ def forecast(model, initial, times, *, samples=64, dt=None, seed=0, method="srk"
     z = torchsde.sdeint(model.sde, z0, ts, bm=bm, dt=dt, method=method)              # (T, n S, D)
     z = z.view(len(times), n, S, -1).permute(1, 2, 0, 3)
     # One time at a time: the whole decoded ensemble would not fit in memory on a fine mesh.
-    stats = [_moments(model.decode(z[:, :, k])[0]) for k in range(len(times))]
-    return Forecast(np.asarray(times), z, *(torch.stack(s, dim=1) for s in zip(*stats)))
-
-
-def _moments(ensemble):
-    """Mean and spread over the members of ``(n, S, N)``."""
-    return ensemble.mean(1), ensemble.std(1) if ensemble.shape[1] > 1 else torch.zeros_like(ensemble[:, 0])
+    means, spreads, scores = [], [], []
+    for k in range(len(times)):
+        members = model.decode(z[:, :, k])[0]                                         # (n, S, N_h)
+        means.append(members.mean(1))
+        spreads.append(members.std(1) if S > 1 else torch.zeros_like(members[:, 0]))
+        if truth is not None:
+            scores.append(crps(members.double().transpose(0, 1).cpu().numpy(), np.asarray(truth)[:, k]))
+    return Forecast(np.asarray(times), z, torch.stack(means, dim=1), torch.stack(spreads, dim=1),
+                    np.stack(scores, axis=1) if scores else None)
 
 
 def write_vtk(path, model, result, truth, trajectory=0):

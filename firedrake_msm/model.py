@@ -35,13 +35,7 @@ from firedrake_msm.bridge.mass import MassOperator, bc_dofs, to_torch_sparse
 from firedrake_msm.elbo import product_of_experts
 from firedrake_msm.posterior import Encoder, GaussianProcessSmoother, StencilField, inverse_softplus, mlp
 from firedrake_msm.problems import PROBLEMS
-from firedrake_msm.transfer import Transfer, coarse_stencil, scipy_matrix
-
-
-def scalar_space(V):
-    """The scalar Lagrange space whose nodes carry ``V``'s components."""
-    element = V.ufl_element()
-    return FunctionSpace(V.mesh(), element.sub_elements[0] if V.block_size > 1 else element)
+from firedrake_msm.transfer import Transfer, coarse_stencil, scalar_space, scipy_matrix
 
 
 class NeuralWeakForm(nn.Module):

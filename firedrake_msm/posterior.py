@@ -44,32 +44,33 @@ class StencilField(nn.Module):
         super().__init__()
         nodes = torch.as_tensor(stencil.nodes)
         weights = torch.as_tensor(stencil.weights, dtype=torch.float32)
-        self.n_fine, self.k = nodes.shape
-        self.n_coarse = int(nodes.max()) + 1
-        self.n_a, self.n_b, self.transpose = n_a, n_b, transpose
-        fine = torch.arange(self.n_fine)[:, None].expand_as(nodes)
+        n_fine, n_coarse = nodes.shape[0], int(nodes.max()) + 1
+        self.n_a = n_a
+        fine = torch.arange(n_fine)[:, None].expand_as(nodes)
         if transpose:
-            total = torch.zeros(self.n_coarse).index_add_(0, nodes.reshape(-1), weights.reshape(-1).float())
+            total = torch.zeros(n_coarse).index_add_(0, nodes.reshape(-1), weights.reshape(-1))
             weights = weights / total[nodes]
-            rows, cols = nodes, fine
+            rows, cols = nodes.reshape(-1), fine.reshape(-1)
+            n_rows, n_cols = n_coarse, n_fine
         else:
-            rows, cols = fine, nodes
-        self.register_buffer("rows", rows.reshape(-1), persistent=False)
-        self.register_buffer("cols", cols.reshape(-1), persistent=False)
+            rows, cols = fine.reshape(-1), nodes.reshape(-1)
+            n_rows, n_cols = n_fine, n_coarse
+        # The sparsity pattern is geometry: built once; only the values depend on the parameters.
+        a = torch.arange(n_a).repeat_interleave(n_b)
+        b = torch.arange(n_b).repeat(n_a)
+        indices = torch.stack([(a[None, :] * n_rows + rows[:, None]).reshape(-1),
+                               (cols[:, None] * n_b + b[None, :]).reshape(-1)])
+        self.shape = (n_a * n_rows, n_cols * n_b)
+        self.register_buffer("indices", indices, persistent=False)
         self.register_buffer("weights", weights.reshape(-1), persistent=False)
         self.register_buffer("offsets", torch.as_tensor(stencil.offsets, dtype=torch.float32).reshape(
             -1, stencil.offsets.shape[-1]), persistent=False)
         self.psi = mlp(self.offsets.shape[1], n_a * n_b, width, depth)
 
     def matrix(self):
-        n_rows, n_cols = (self.n_coarse, self.n_fine) if self.transpose else (self.n_fine, self.n_coarse)
         values = self.weights[:, None] * self.psi(self.offsets)                       # (E, n_a n_b)
-        a = torch.arange(self.n_a, device=values.device).repeat_interleave(self.n_b)
-        b = torch.arange(self.n_b, device=values.device).repeat(self.n_a)
-        rows = (a[None, :] * n_rows + self.rows[:, None]).reshape(-1)
-        cols = (self.cols[:, None] * self.n_b + b[None, :]).reshape(-1)
-        return torch.sparse_coo_tensor(torch.stack([rows, cols]), values.reshape(-1),
-                                       size=(self.n_a * n_rows, n_cols * self.n_b), check_invariants=False)
+        return torch.sparse_coo_tensor(self.indices, values.reshape(-1), size=self.shape,
+                                       check_invariants=False)
 
     def forward(self, X):
         """``X``: ``(..., n_cols * n_b)`` column-node-major; returns ``(..., n_rows, n_a)``."""

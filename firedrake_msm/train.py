@@ -14,6 +14,7 @@ from firedrake_msm.data import SnapshotWindows, load_space, load_trajectories, s
 from firedrake_msm.elbo import (drift_residual, elbo, gaussian_log_likelihood, reparametrise,
                                 residual_energy, stratified_times)
 from firedrake_msm.forecast import forecast
+from firedrake_msm.metrics import relative_l2
 from firedrake_msm.model import ModelConfig, MultiscaleModel
 
 
@@ -114,8 +115,7 @@ def relative_errors(model, snapshots, times, *, samples, seed=0):
     """Relative L2 errors ``(n, T)`` of the ensemble mean forecast from each trajectory's first
     snapshot, against ``snapshots`` ``(n, T, N_h)`` (numpy)."""
     result = forecast(model, torch.as_tensor(snapshots[:, 0]), times, samples=samples, seed=seed)
-    truth = torch.as_tensor(snapshots, dtype=result.mean.dtype)
-    return ((result.mean.cpu() - truth).norm(dim=-1) / truth.norm(dim=-1)).numpy()
+    return relative_l2(snapshots, result.mean.cpu())
 
 
 def train(dataset, folder, model_config, config=TrainConfig(), *, resume=False, warm_start=None,

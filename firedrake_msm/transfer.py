@@ -108,13 +108,13 @@ def coarse_stencil(V_fine, V_coarse):
     """The :class:`CoarseStencil` of the nodes of ``V_fine`` in ``V_coarse``'s mesh (Lagrange
     spaces on affine meshes; vector-valued spaces are taken node by node)."""
     fine, coarse = V_fine.mesh(), V_coarse.mesh()
-    x = Function(VectorFunctionSpace(fine, _scalar_element(V_fine)))
+    x = Function(VectorFunctionSpace(fine, scalar_space(V_fine).ufl_element()))
     x.interpolate(SpatialCoordinate(fine))
     points = x.dat.data_ro.reshape(-1, fine.geometric_dimension)
     cells, reference, _ = coarse.locate_cells_ref_coords_and_dists(points)
     if np.any(cells < 0):
         raise ValueError(f"fine node at {points[np.argmax(cells < 0)]} lies outside the coarse mesh")
-    (group,) = component_groups(FunctionSpace(coarse, _scalar_element(V_coarse)))[0]
+    (group,) = component_groups(scalar_space(V_coarse))[0]
     (weights,) = tabulate(group.element, reference, [None])
     # Physical positions from each cell's own vertices, so periodic cells are never split.
     (geometry,) = component_groups(coarse.coordinates.function_space())[0]
@@ -129,6 +129,7 @@ def coarse_stencil(V_fine, V_coarse):
     return CoarseStencil(group.dofs[cells][:, 0, :], weights, offsets)
 
 
-def _scalar_element(V):
+def scalar_space(V):
+    """The scalar Lagrange space whose nodes carry ``V``'s components."""
     element = V.ufl_element()
-    return element.sub_elements[0] if V.block_size > 1 else element
+    return FunctionSpace(V.mesh(), element.sub_elements[0] if V.block_size > 1 else element)
