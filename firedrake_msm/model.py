@@ -7,7 +7,7 @@ State :math:`z = (u, h)`: :math:`u` on the coarse observed space :math:`V_H` (``
 .. math::
 
     du = [f_{phys}(u) + C_\theta(u, h)]\,dt + \sigma_u\,dW_u,\qquad
-    dh = G_\theta(u, h)\,dt + \sigma_h\,dW_h,
+    dh = [-\kappa h + a \tanh(G_\theta(u, h) / a)]\,dt + \sigma_h\,dW_h,
 
 with the physics drift :math:`f_{phys} = -M^{-1}F_H(u)` of the coarse discretisation (from the
 torch bridge), and the learned terms in weak form at the quadrature points,
@@ -16,6 +16,11 @@ torch bridge), and the learned terms in weak form at the quadrature points,
           \qquad \xi = (u, \nabla u, h, \nabla h),
 
 so one network serves any mesh and resolution; the flux :math:`\tau_\theta` alone is conservative.
+The auxiliary dynamics are dissipative by construction: a learned damping :math:`\kappa > 0` and a
+bounded forcing (amplitude :math:`a`, per channel) keep :math:`|h| \le a/\kappa` plus noise,
+whatever the network learned. Trained only at posterior samples, an unconstrained
+:math:`G_\theta` grew unstable modes off the data (an eigenvalue of :math:`\partial G/\partial h`
+with real part 65 on the advected pulse).
 The diffusion is diagonal and learned per channel, scaled by :math:`(\bar m / m_i)^{1/2}` with the
 lumped mass :math:`m_i`, so the noise is that of a field, consistent under refinement.
 """
@@ -101,10 +106,14 @@ class MultiscaleSDE(nn.Module):
         The weak-form network's size.
     noise : float
         Initial diffusion per channel.
+    damping : float
+        Initial :math:`\kappa` of the auxiliary channels (per unit time); the forcing amplitude
+        :math:`a` starts at the same value, so :math:`|h| \lesssim 1`.
     """
     noise_type, sde_type = "diagonal", "ito"
 
-    def __init__(self, V, n_latent=5, *, physics=None, fixed_dofs=(), width=64, depth=2, noise=1e-2):
+    def __init__(self, V, n_latent=5, *, physics=None, fixed_dofs=(), width=64, depth=2, noise=1e-2,
+                 damping=50.0):
         super().__init__()
         Vs = scalar_space(V)
         self.n_nodes, self.n_components, self.n_latent = Vs.dim(), V.block_size, n_latent
@@ -125,6 +134,8 @@ class MultiscaleSDE(nn.Module):
         channel = np.concatenate([np.tile(np.arange(self.n_components), self.n_nodes),
                                   np.tile(self.n_components + np.arange(n_latent), self.n_nodes)])
         self.register_buffer("channel", torch.as_tensor(channel), persistent=False)
+        self.raw_damping = nn.Parameter(torch.full((n_latent,), inverse_softplus(damping)))
+        self.raw_amplitude = nn.Parameter(torch.full((n_latent,), inverse_softplus(damping)))
 
     def split(self, z):
         """``(..., D)`` to ``u`` ``(..., N_u)`` and ``h`` ``(..., N_H, n_h)``."""
@@ -145,8 +156,10 @@ class MultiscaleSDE(nn.Module):
         R = self.closure(self.channels(z))                                            # (B, N, C)
         B, N, C = R.shape
         learned = self.mass.solve(R.permute(0, 2, 1).reshape(B * C, N)).view(B, C, N).transpose(1, 2)
-        drift = torch.cat([learned[..., :self.n_components].reshape(B, -1),
-                           learned[..., self.n_components:].reshape(B, -1)], dim=1)
+        _, h = self.split(z)
+        a, kappa = softplus(self.raw_amplitude), softplus(self.raw_damping)
+        latent = a * torch.tanh(learned[..., self.n_components:] / a) - kappa * h
+        drift = torch.cat([learned[..., :self.n_components].reshape(B, -1), latent.reshape(B, -1)], dim=1)
         if self.physics is not None:
             drift = drift + torch.nn.functional.pad(self.physics(t, z[:, :self.n_u]),
                                                     (0, self.size - self.n_u))
@@ -222,6 +235,9 @@ class ModelConfig:
         the second moment of a Gaussian filter two cells wide (:math:`\alpha = \Delta/\sqrt{24}`).
     width, depth, features : int
         Network sizes.
+    damping : float
+        Initial damping rate of the auxiliary channels, per unit time
+        (:class:`MultiscaleSDE`).
     """
     problem: str
     coarse: object = None
@@ -231,6 +247,7 @@ class ModelConfig:
     width: int = 64
     depth: int = 2
     features: int = 16
+    damping: float = 50.0
 
 
 class MultiscaleModel(nn.Module):
@@ -265,7 +282,7 @@ class MultiscaleModel(nn.Module):
         self.smoother = GaussianProcessSmoother(self.V.block_size + config.n_latent)
         self.sde = MultiscaleSDE(self.V, config.n_latent, physics=physics,
                                  fixed_dofs=fixed[fixed < self.V.dim()], width=config.width,
-                                 depth=config.depth)
+                                 depth=config.depth, damping=config.damping)
         self.decoder = Decoder(self.transfer, config.n_latent)
 
     def encode(self, fine):

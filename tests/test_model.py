@@ -1,0 +1,45 @@
+"""The learned SDE's structure: what holds whatever the networks learned."""
+import torch
+from firedrake import FunctionSpace, UnitSquareMesh
+from torch.nn.functional import softplus
+
+from firedrake_msm.model import MultiscaleSDE
+
+F64 = torch.float64
+
+
+def wild_sde(n_latent=3, damping=5.0):
+    """An SDE on a small square whose network weights are blown up a hundredfold."""
+    sde = MultiscaleSDE(FunctionSpace(UnitSquareMesh(4, 4), "CG", 1), n_latent, damping=damping).double()
+    with torch.no_grad():
+        for p in sde.closure.parameters():
+            p.mul_(100.0)
+    return sde
+
+
+def test_auxiliary_drift_is_damping_plus_a_bounded_forcing():
+    sde = wild_sde()
+    z = 1e3 * torch.randn(4, sde.size, dtype=F64, generator=torch.Generator().manual_seed(0))
+    _, h = sde.split(z)
+    _, drift = sde.split(sde.f(0.0, z))
+    kappa, a = softplus(sde.raw_damping), softplus(sde.raw_amplitude)
+    forcing = drift + kappa * h
+    assert forcing.abs().max() > 0.5 * a.max()               # the network is not silent...
+    assert torch.all(forcing.abs() <= a * (1 + 1e-12))       # ...but bounded by a
+
+
+def test_auxiliary_state_returns_to_its_bounded_set():
+    """From |h| = 1e3 the noiseless auxiliary state decays into |h| <= a / kappa (forward Euler,
+    dt kappa = 0.05), whatever the closure does to u."""
+    sde = wild_sde()
+    kappa, a = softplus(sde.raw_damping), softplus(sde.raw_amplitude)
+    z = torch.zeros(1, sde.size, dtype=F64)
+    z[:, sde.n_u:] = 1e3
+    dt = 0.05 / float(kappa.max())
+    with torch.no_grad():
+        for _ in range(400):
+            drift = sde.f(0.0, z)
+            drift[:, :sde.n_u] = 0.0                       # hold u: only h's dynamics are under test
+            z = z + dt * drift
+    _, h = sde.split(z)
+    assert torch.all(h.abs() <= 1.01 * a / kappa)
