@@ -105,15 +105,14 @@ def compare(case, *, folder="results", data="data", runs="runs", settings=None, 
         training = {method: job.result() for method, job in jobs.items()}
         checkpoints = {method: run / "best.pt" if (run / "best.pt").exists() else run / "checkpoint.pt"
                        for method, run in learned.items()}
-        baselines = {name: pool.submit(_baseline, case, checkpoints["multiscale"], times, truth, closure,
-                                       settings.C_s)
-                     for name, closure in (("coarse_dns", None), ("smagorinsky", "smagorinsky"))}
-        models = {method: load(checkpoint)[0] for method, checkpoint in checkpoints.items()}
-        model = models["multiscale"]
-        mass = assemble(inner(TrialFunction(model.transfer.V_fine), TestFunction(model.transfer.V_fine)) * dx)
-        results = {name: _learned(learned_model, times, truth, settings, mass)
-                   for name, learned_model in models.items()}
-        results.update({name: job.result() for name, job in baselines.items()})
+        # Four independent forecasts, as processes free up: each loads what it needs.
+        jobs = {name: pool.submit(_baseline, case, checkpoints["multiscale"], times, truth, closure,
+                                  settings.C_s)
+                for name, closure in (("coarse_dns", None), ("smagorinsky", "smagorinsky"))}
+        jobs.update({name: pool.submit(_learned, checkpoint, times, truth, settings.samples)
+                     for name, checkpoint in checkpoints.items()})
+        results = {name: job.result() for name, job in jobs.items()}
+    model = load(checkpoints["multiscale"])[0]
     for method, run in learned.items():
         training.setdefault(method, _training_seconds(run))
     fine_cost = _fine_cost(problem, model.transfer.V_fine.mesh(), dataset)
@@ -138,8 +137,6 @@ def _baseline(case, checkpoint, times, truth, closure, C_s):
     """A coarse Firedrake run (in a worker process) on the model's coarse mesh, from the model's
     restriction of each first snapshot, prolonged to the fine mesh."""
     problem, model = PROBLEMS[case](), load(checkpoint)[0]
-    V = model.transfer.V_fine
-    mass = assemble(inner(TrialFunction(V), TestFunction(V)) * dx)
     solver = CoarseSolver(problem, model.state.function_space(), closure=closure, C_s=C_s)
     transfer = model.transfer
     dtype = next(model.parameters()).dtype
@@ -151,17 +148,23 @@ def _baseline(case, checkpoint, times, truth, closure, C_s):
         costs.append(result.seconds_per_unit_time)
     coarse = torch.as_tensor(np.stack(states), dtype=dtype)                          # (n, T, N_H)
     mean = transfer.prolong(coarse.reshape(-1, coarse.shape[-1])).reshape(truth.shape).double().numpy()
-    return Result(relative_l2(truth, mean), relative_l2_fe(truth, mean, mass), float(np.mean(costs)), mean)
+    errors_fe = relative_l2_fe(truth, mean, _mass(transfer.V_fine))
+    return Result(relative_l2(truth, mean), errors_fe, float(np.mean(costs)), mean)
 
 
-def _learned(model, times, truth, settings, mass):
+def _learned(checkpoint, times, truth, samples):
+    """A learned model's ensemble forecast (in a worker process), decoded on the fine mesh."""
+    model = load(checkpoint)[0]
     start = time.perf_counter()
-    result = forecast(model, torch.as_tensor(truth[:, 0]), times, samples=settings.samples, seed=0,
-                      truth=truth)
+    result = forecast(model, torch.as_tensor(truth[:, 0]), times, samples=samples, seed=0, truth=truth)
     seconds = (time.perf_counter() - start) / (times[-1] - times[0]) / truth.shape[0]
     mean, spread = result.mean.double().numpy(), result.std.double().numpy()
-    return Result(relative_l2(truth, mean), relative_l2_fe(truth, mean, mass), seconds, mean, spread,
-                  result.crps)
+    errors_fe = relative_l2_fe(truth, mean, _mass(model.transfer.V_fine))
+    return Result(relative_l2(truth, mean), errors_fe, seconds, mean, spread, result.crps)
+
+
+def _mass(V):
+    return assemble(inner(TrialFunction(V), TestFunction(V)) * dx)
 
 
 def _fine_cost(problem, mesh, dataset, steps=20):
@@ -190,7 +193,13 @@ def _summary(case, dataset, results, training, fine_cost, times, truth):
                          "seconds_per_unit_time": r.seconds_per_unit_time,
                          "training_seconds": training.get(name),
                          "reference_rel_l2": REFERENCE.get(case, {}).get(name)}
-    return {"case": case, "dataset": str(dataset), "test_trajectories": int(truth.shape[0]),
+    with h5py.File(dataset, "r") as f:
+        attrs = f["msm"].attrs
+        resolution = attrs["resolution"]      # a number, or a mesh name
+        fine = {"resolution": resolution.item() if isinstance(resolution, np.generic) else str(resolution),
+                "trajectories": int(f["msm/snapshots"].shape[0]),
+                "dt": float(attrs["dt"])}
+    return {"case": case, "dataset": str(dataset), "fine": fine, "test_trajectories": int(truth.shape[0]),
             "test_times": int(len(times)), "fine_dns": {"seconds_per_unit_time": fine_cost},
             "methods": methods}
 
@@ -208,8 +217,12 @@ def _tables(out, summary_):
     rows.append(["fine DNS", "", "", "", f"{summary_['fine_dns']['seconds_per_unit_time']:.3g}", "", ""])
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
+    fine = summary_["fine"]
     (out / "table.md").write_text(f"# {summary_['case']}: {summary_['test_trajectories']} test trajectories, "
-                                  f"{summary_['test_times']} times\n\n" + "\n".join(lines) + "\n")
+                                  f"{summary_['test_times']} times\n\n"
+                                  f"Fine DNS: resolution {fine['resolution']}, "
+                                  f"{fine['trajectories']} trajectories, dt {fine['dt']:g}.\n\n"
+                                  + "\n".join(lines) + "\n")
     (out / "table.csv").write_text("\n".join(",".join(cell.replace(",", ";") for cell in row)
                                              for row in [header] + rows) + "\n")
 
