@@ -17,7 +17,7 @@ so the physics drift holds them (``PhysicsDrift`` with the problem's ``bcs``), a
 closure and noise are masked there: only interior dofs are learned.
 
 This demo spells out what ``firedrake-msm compare burgers2d`` does in one call. Run it as
-``python demos/burgers2d.py`` (the real sizes of ``Settings()``: a long run) or with ``--fast``
+``python demos/burgers2d.py`` (the real sizes of ``Settings.for_case``: a long run) or with ``--fast``
 (tiny sizes for the tests, seconds, meaningless numbers).
 """
 import argparse
@@ -48,7 +48,7 @@ parser.add_argument("--output", type=Path, help="folder for data/, runs/ and res
 args = parser.parse_args()
 # ``Settings`` holds what a comparison runs (``simulate`` keywords, a ``TrainConfig``, ensemble
 # size, Smagorinsky constant); under ``--fast`` everything goes into ``fast/`` subfolders.
-settings = Settings.fast("burgers2d") if args.fast else Settings()
+settings = Settings.fast("burgers2d") if args.fast else Settings.for_case("burgers2d")
 root = args.output or (Path(tempfile.mkdtemp(prefix="burgers2d-")) if args.fast else Path("."))
 data, runs, results = (root / name / ("fast" if args.fast else "") for name in ("data", "runs", "results"))
 out = results / "demos" / "burgers2d"

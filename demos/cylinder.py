@@ -22,7 +22,7 @@ Three things differ from the other cases.
   ...) rather than by tag.
 
 This demo spells out what ``firedrake-msm compare cylinder`` does in one call. Run it as
-``python demos/cylinder.py`` (the real sizes of ``Settings()``: a long run) or with ``--fast``
+``python demos/cylinder.py`` (the real sizes of ``Settings.for_case``: a long run) or with ``--fast``
 (tiny sizes for the tests: the coarse mesh stands in for the fine one, 0.3 time units from rest,
 meaningless numbers).
 """
@@ -55,7 +55,7 @@ parser.add_argument("--output", type=Path, help="folder for data/, runs/ and res
 args = parser.parse_args()
 # ``Settings`` holds what a comparison runs (``simulate`` keywords, a ``TrainConfig``, ensemble
 # size, Smagorinsky constant); under ``--fast`` everything goes into ``fast/`` subfolders.
-settings = Settings.fast("cylinder") if args.fast else Settings()
+settings = Settings.fast("cylinder") if args.fast else Settings.for_case("cylinder")
 root = args.output or (Path(tempfile.mkdtemp(prefix="cylinder-")) if args.fast else Path("."))
 data, runs, results = (root / name / ("fast" if args.fast else "") for name in ("data", "runs", "results"))
 out = results / "demos" / "cylinder"

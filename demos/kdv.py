@@ -21,7 +21,7 @@ discretisation defines it, :math:`w(u) = -J_{ww}^{-1} F_w(u, 0)`, so the learned
 :math:`u` and the auxiliary field :math:`h` alone.
 
 This demo spells out what ``firedrake-msm compare kdv`` does in one call. Run it as
-``python demos/kdv.py`` (the real sizes of ``Settings()``: a long run) or with ``--fast`` (tiny
+``python demos/kdv.py`` (the real sizes of ``Settings.for_case``: a long run) or with ``--fast`` (tiny
 sizes for the tests, seconds, meaningless numbers).
 """
 import argparse
@@ -52,7 +52,7 @@ parser.add_argument("--output", type=Path, help="folder for data/, runs/ and res
 args = parser.parse_args()
 # ``Settings`` holds what a comparison runs (``simulate`` keywords, a ``TrainConfig``, ensemble
 # size, Smagorinsky constant); under ``--fast`` everything goes into ``fast/`` subfolders.
-settings = Settings.fast("kdv") if args.fast else Settings()
+settings = Settings.fast("kdv") if args.fast else Settings.for_case("kdv")
 root = args.output or (Path(tempfile.mkdtemp(prefix="kdv-")) if args.fast else Path("."))
 data, runs, results = (root / name / ("fast" if args.fast else "") for name in ("data", "runs", "results"))
 out = results / "demos" / "kdv"

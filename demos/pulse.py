@@ -15,7 +15,7 @@ back to the fine mesh.
 
 This demo spells out what ``firedrake-msm compare pulse`` does in one call: problem, fine data,
 transfer, training, ensemble forecast, baselines, metrics, a figure and VTK files. Run it as
-``python demos/pulse.py`` (the real sizes of ``Settings()``: a long run) or with ``--fast`` (tiny
+``python demos/pulse.py`` (the real sizes of ``Settings.for_case``: a long run) or with ``--fast`` (tiny
 sizes for the tests, seconds, meaningless numbers).
 """
 import argparse
@@ -46,7 +46,7 @@ args = parser.parse_args()
 # ``Settings`` holds what a comparison runs: keywords of ``simulate``, a ``TrainConfig``, the number
 # of auxiliary channels, ensemble members and the Smagorinsky constant. Tiny data never mixes with
 # real data: under ``--fast`` everything goes into ``fast/`` subfolders, as the command line does.
-settings = Settings.fast("pulse") if args.fast else Settings()
+settings = Settings.fast("pulse") if args.fast else Settings.for_case("pulse")
 root = args.output or (Path(tempfile.mkdtemp(prefix="pulse-")) if args.fast else Path("."))
 data, runs, results = (root / name / ("fast" if args.fast else "") for name in ("data", "runs", "results"))
 out = results / "demos" / "pulse"

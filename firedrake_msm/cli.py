@@ -109,7 +109,7 @@ def _compare(parser, args):
     from firedrake_msm.problems import PROBLEMS
     if args.case not in PROBLEMS:
         parser.error(f"unknown case {args.case!r}; choose from {', '.join(sorted(PROBLEMS))}")
-    settings = Settings.fast(args.case) if args.fast else Settings()
+    settings = Settings.fast(args.case) if args.fast else Settings.for_case(args.case)
     if args.fast:       # never mix the tiny data and models with the real ones
         args.results, args.data, args.runs = (path / "fast" for path in (args.results, args.data, args.runs))
     if args.steps:
