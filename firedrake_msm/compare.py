@@ -10,7 +10,7 @@ import json
 import multiprocessing
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import h5py
@@ -54,7 +54,9 @@ class Settings:
     @classmethod
     def for_case(cls, case):
         """DESIGN.md §4's protocol: training data noise of std 0.01 for KdV, 0.001 otherwise."""
-        return cls(train=TrainConfig(steps=3000, noise_std=NOISE.get(case, 0.001)))
+        settings = cls()
+        settings.train = replace(settings.train, noise_std=NOISE.get(case, 0.001))
+        return settings
 
     @classmethod
     def fast(cls, case):
@@ -124,9 +126,10 @@ def compare(case, *, folder="results", data="data", runs="runs", settings=None, 
     protocol = {method: _protocol(checkpoint) for method, checkpoint in checkpoints.items()}
     for method, run in learned.items():
         training.setdefault(method, _training_seconds(run))
-    fine_cost = _fine_cost(problem, model.transfer.V_fine.mesh(), dataset)
+    fine = _fine_dataset(dataset)
+    fine_cost = _fine_cost(problem, model.transfer.V_fine.mesh(), dataset, fine["dt"])
 
-    summary_ = _summary(case, dataset, results, training, protocol, fine_cost, times, truth)
+    summary_ = _summary(case, dataset, fine, results, training, protocol, fine_cost, times, truth)
     (out / "summary.json").write_text(json.dumps(summary_, indent=2))
     _tables(out, summary_)
     from firedrake_msm.plots import plot_comparison
@@ -176,10 +179,17 @@ def _mass(V):
     return assemble(inner(TrialFunction(V), TestFunction(V)) * dx)
 
 
-def _fine_cost(problem, mesh, dataset, steps=20):
-    """Seconds per simulated time unit of the fine DNS, timed over ``steps`` steps (after one)."""
+def _fine_dataset(dataset):
+    """What the fine DNS was: its resolution (a number, or a mesh name), trajectories and step."""
     with h5py.File(dataset, "r") as f:
-        dt = float(f["msm"].attrs["dt"])
+        attrs = f["msm"].attrs
+        resolution = attrs["resolution"]
+        return {"resolution": resolution.item() if isinstance(resolution, np.generic) else str(resolution),
+                "trajectories": int(f["msm/snapshots"].shape[0]), "dt": float(attrs["dt"])}
+
+
+def _fine_cost(problem, mesh, dataset, dt, steps=20):
+    """Seconds per simulated time unit of the fine DNS, timed over ``steps`` steps (after one)."""
     solver = CoarseSolver(problem, problem.function_space(mesh), dt=dt)
     _, truth = load_trajectories(dataset, trajectories=[0])
     return solver.forecast(truth[0, 0], dt * np.arange(steps + 1)).seconds_per_unit_time
@@ -197,7 +207,7 @@ def _protocol(checkpoint):
             "noise_std": saved["train_config"]["noise_std"]}
 
 
-def _summary(case, dataset, results, training, protocol, fine_cost, times, truth):
+def _summary(case, dataset, fine, results, training, protocol, fine_cost, times, truth):
     methods = {}
     for name in METHODS:
         r = results[name]
@@ -209,12 +219,6 @@ def _summary(case, dataset, results, training, protocol, fine_cost, times, truth
                          "seconds_per_unit_time": r.seconds_per_unit_time,
                          "training_seconds": training.get(name), "training": protocol.get(name),
                          "reference_rel_l2": REFERENCE.get(case, {}).get(name)}
-    with h5py.File(dataset, "r") as f:
-        attrs = f["msm"].attrs
-        resolution = attrs["resolution"]      # a number, or a mesh name
-        fine = {"resolution": resolution.item() if isinstance(resolution, np.generic) else str(resolution),
-                "trajectories": int(f["msm/snapshots"].shape[0]),
-                "dt": float(attrs["dt"])}
     return {"case": case, "dataset": str(dataset), "fine": fine, "test_trajectories": int(truth.shape[0]),
             "test_times": int(len(times)), "fine_dns": {"seconds_per_unit_time": fine_cost},
             "methods": methods}
