@@ -30,7 +30,7 @@ class StencilField(nn.Module):
     scaled offset per stencil entry, as the values of a sparse matrix.
 
     With :class:`~firedrake_msm.transfer.CoarseStencil` entries :math:`(j, i, \phi, \delta)`,
-    :meth:`matrix` gives the ``(rows, cols)`` sparse matrix with entries
+    the ``(rows, cols)`` sparse matrix has entries
     :math:`\phi\,\psi_{ab}(\delta)` at row ``a * N_rows + j`` (or ``i``) and column
     ``i * n_b + b`` (or ``j * n_b + b``), where :math:`\psi: \mathbb{R}^{gdim} \to
     \mathbb{R}^{n_a \times n_b}` is a small MLP: geometry only, so it costs one MLP per stencil
@@ -55,28 +55,72 @@ class StencilField(nn.Module):
         else:
             rows, cols = fine.reshape(-1), nodes.reshape(-1)
             n_rows, n_cols = n_fine, n_coarse
-        # The sparsity pattern is geometry: built once; only the values depend on the parameters.
+        # The sparsity pattern is geometry: built once, sorted row-major so that every product
+        # takes it as coalesced; only the values depend on the parameters.
+        self.n_b, self.n_rows = n_b, n_rows
+        self.register_buffer("row_nodes", rows, persistent=False)
+        self.register_buffer("col_nodes", cols, persistent=False)
         a = torch.arange(n_a).repeat_interleave(n_b)
         b = torch.arange(n_b).repeat(n_a)
         indices = torch.stack([(a[None, :] * n_rows + rows[:, None]).reshape(-1),
                                (cols[:, None] * n_b + b[None, :]).reshape(-1)])
         self.shape = (n_a * n_rows, n_cols * n_b)
+        order = torch.argsort(indices[0] * self.shape[1] + indices[1])
+        indices = indices[:, order]
+        transpose_order = torch.argsort(indices[1] * self.shape[0] + indices[0])
+        self.register_buffer("order", order, persistent=False)
         self.register_buffer("indices", indices, persistent=False)
+        self.register_buffer("transpose_order", order[transpose_order], persistent=False)
+        self.register_buffer("transpose_indices", indices.flip(0)[:, transpose_order], persistent=False)
         self.register_buffer("weights", weights.reshape(-1), persistent=False)
         self.register_buffer("offsets", torch.as_tensor(stencil.offsets, dtype=torch.float32).reshape(
             -1, stencil.offsets.shape[-1]), persistent=False)
         self.psi = mlp(self.offsets.shape[1], n_a * n_b, width, depth)
 
-    def matrix(self):
-        values = self.weights[:, None] * self.psi(self.offsets)                       # (E, n_a n_b)
-        return torch.sparse_coo_tensor(self.indices, values.reshape(-1), size=self.shape,
-                                       check_invariants=False)
-
     def forward(self, X):
         """``X``: ``(..., n_cols * n_b)`` column-node-major; returns ``(..., n_rows, n_a)``."""
         lead = X.shape[:-1]
-        Y = torch.sparse.mm(self.matrix(), X.reshape(-1, X.shape[-1]).T)             # (n_a n_rows, B)
+        values = (self.weights[:, None] * self.psi(self.offsets)).view(-1, self.n_a, self.n_b)
+        Y = _StencilProduct.apply(values, self, X.reshape(-1, X.shape[-1]).T)       # (n_a n_rows, B)
         return Y.T.reshape(*lead, self.n_a, -1).transpose(-1, -2)
+
+
+class _StencilProduct(torch.autograd.Function):
+    r"""The sparse product :math:`Y = A X` of a :class:`StencilField`, from its values per stencil
+    entry ``(E, n_a, n_b)``.
+
+    The values' gradient is a small matrix product per entry :math:`e` (row node :math:`r_e`,
+    column node :math:`c_e`), :math:`\partial L/\partial a_{e,ab} = \sum_n \bar Y_{a r_e n}
+    X_{c_e b n}`, in chunks of columns :math:`n`: ``torch.sparse.mm``'s own backward forms the
+    dense :math:`\bar Y X^T` and masks it, 21536 x 16694 entries for the cylinder's encoder.
+    """
+    chunk = 32
+
+    @staticmethod
+    def forward(ctx, values, field, X):
+        ctx.save_for_backward(values, X)
+        ctx.field = field
+        return torch.sparse.mm(_coalesced(field.indices, values.reshape(-1)[field.order], field.shape), X)
+
+    @staticmethod
+    def backward(ctx, grad):
+        values, X = ctx.saved_tensors
+        field, n = ctx.field, _StencilProduct.chunk
+        grad_values = grad_X = None
+        if ctx.needs_input_grad[0]:
+            Y = grad.view(field.n_a, field.n_rows, -1)
+            X = X.view(-1, field.n_b, X.shape[-1])
+            grad_values = sum(torch.einsum("ern,ebn->erb", Y[:, field.row_nodes, k:k + n].transpose(0, 1),
+                                           X[field.col_nodes, :, k:k + n])
+                              for k in range(0, X.shape[-1], n))
+        if ctx.needs_input_grad[2]:
+            transposed = values.reshape(-1)[field.transpose_order]
+            grad_X = torch.sparse.mm(_coalesced(field.transpose_indices, transposed, field.shape[::-1]), grad)
+        return grad_values, None, grad_X
+
+
+def _coalesced(indices, values, shape):
+    return torch.sparse_coo_tensor(indices, values, shape, is_coalesced=True, check_invariants=False)
 
 
 class Encoder(nn.Module):

@@ -105,7 +105,8 @@ def square():
 @pytest.mark.parametrize("transpose", [False, True])
 def test_stencil_field_is_the_documented_sum(square, transpose):
     """Decoder: out[j, a] = sum_l phi_jl sum_b psi_ab(delta_jl) X[i_jl, b]; encoder (transpose):
-    out[i, a] = sum_{j, l: i_jl = i} phi_jl sum_b psi_ab(delta_jl) X[j, b] / sum_{j, l: i_jl = i} phi_jl."""
+    out[i, a] = sum_{j, l: i_jl = i} phi_jl sum_b psi_ab(delta_jl) X[j, b] / sum_{j, l: i_jl = i} phi_jl;
+    and so are the gradients, in the input and in the network's parameters."""
     torch.manual_seed(0)
     stencil = coarse_stencil(*square)
     n_fine, n_coarse, n_a, n_b = stencil.nodes.shape[0], stencil.nodes.max() + 1, 5, 2
@@ -117,17 +118,22 @@ def test_stencil_field_is_the_documented_sum(square, transpose):
     phi = torch.as_tensor(stencil.weights, dtype=torch.float32).double()
     nodes = torch.as_tensor(stencil.nodes)
     if transpose:
-        X = torch.randn(4, n_fine, n_b, dtype=F64)
+        X = torch.randn(4, n_fine, n_b, dtype=F64, requires_grad=True)
         terms = torch.einsum("jl,jlab,njb->njla", phi, psi, X).reshape(4, -1, n_a)
         total = torch.zeros(n_coarse, dtype=F64).index_add_(0, nodes.reshape(-1), phi.reshape(-1))
         expected = torch.zeros(4, n_coarse, n_a, dtype=F64).index_add_(1, nodes.reshape(-1), terms)
         expected = expected / total[:, None]
     else:
-        X = torch.randn(4, n_coarse, n_b, dtype=F64)
+        X = torch.randn(4, n_coarse, n_b, dtype=F64, requires_grad=True)
         expected = torch.einsum("jl,jlab,njlb->nja", phi, psi, X[:, nodes])
     out = field(X.reshape(4, -1))
     assert out.shape == expected.shape
     assert torch.allclose(out, expected, rtol=1e-6, atol=1e-8)
+    cotangent = torch.randn_like(out)
+    inputs = [X, *field.psi.parameters()]
+    for got, want in zip(torch.autograd.grad(out, inputs, cotangent),
+                         torch.autograd.grad(expected, inputs, cotangent)):
+        assert torch.allclose(got, want, rtol=1e-5, atol=1e-8)    # the single-precision geometry
 
 
 def test_encoder_shapes_and_coarse_mean(square):
