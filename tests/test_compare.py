@@ -4,7 +4,7 @@ import json
 import pytest
 
 from firedrake_msm.cli import main
-from firedrake_msm.compare import METHODS
+from firedrake_msm.compare import METHODS, Settings
 
 
 @pytest.mark.parametrize("case", ["kdv"])
@@ -29,3 +29,11 @@ def test_compare_writes_tables_plots_and_vtk(tmp_path, monkeypatch, capsys, case
     before = (tmp_path / "runs" / "fast" / f"{case}-n0" / "checkpoint.pt").stat().st_mtime
     assert main(["compare", case, "--fast"]) == 0
     assert (tmp_path / "runs" / "fast" / f"{case}-n0" / "checkpoint.pt").stat().st_mtime == before
+
+
+def test_settings_follow_the_protocol_and_its_departures():
+    """DESIGN.md §4: data noise 0.001, 0.01 for KdV; the cylinder trains on fewer samples a step."""
+    kdv, burgers, cylinder = (Settings.for_case(case).train for case in ("kdv", "burgers2d", "cylinder"))
+    assert (kdv.noise_std, burgers.noise_std, cylinder.noise_std) == (0.01, 0.001, 0.001)
+    assert (burgers.batch_size, burgers.residual_times) == (8, 32)
+    assert (cylinder.batch_size, cylinder.residual_times) == (2, 8)
