@@ -41,6 +41,8 @@ def main(argv=None):
     compare.add_argument("--fast", action="store_true", help="seconds-long settings, for tests only")
     compare.add_argument("--retrain", action="store_true", help="train the models even if runs/ has them")
     compare.add_argument("--steps", type=int, help="training steps per model")
+    compare.add_argument("--validate-every", type=int,
+                         help="steps between validation forecasts and checkpoints (default 500)")
     compare.add_argument("--results", type=Path, default=Path("results"))
     compare.add_argument("--data", type=Path, default=Path("data"))
     compare.add_argument("--runs", type=Path, default=Path("runs"))
@@ -114,6 +116,9 @@ def _compare(parser, args):
         args.results, args.data, args.runs = (path / "fast" for path in (args.results, args.data, args.runs))
     if args.steps:
         settings.train = dataclasses.replace(settings.train, steps=args.steps)
+    if args.validate_every:
+        settings.train = dataclasses.replace(settings.train, validate_every=args.validate_every,
+                                             checkpoint_every=args.validate_every)
     start = time.perf_counter()
     compare(args.case, folder=args.results, data=args.data, runs=args.runs, settings=settings,
             retrain=args.retrain, workers=args.workers)
