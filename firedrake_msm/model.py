@@ -21,6 +21,10 @@ bounded forcing (amplitude :math:`a`, per channel) keep :math:`|h| \le a/\kappa`
 whatever the network learned. Trained only at posterior samples, an unconstrained
 :math:`G_\theta` grew unstable modes off the data (an eigenvalue of :math:`\partial G/\partial h`
 with real part 65 on the advected pulse).
+Where the boundary conditions prescribe every component of :math:`u`, nothing is unresolved:
+:math:`h = 0` on those nodes. Left free, :math:`h` there is unobserved (the data's residual
+vanishes on a Dirichlet boundary), so nothing trains its dynamics: on 2D Burgers the first
+unstable mode of the latent drift sat in a corner of the boundary.
 The diffusion is diagonal and learned per channel, scaled by :math:`(\bar m / m_i)^{1/2}` with the
 lumped mass :math:`m_i`, so the noise is that of a field, consistent under refinement.
 """
@@ -101,7 +105,8 @@ class MultiscaleSDE(nn.Module):
         ``physics(t, U)``: the coarse physics drift ``(B, N_u) -> (B, N_u)`` (a
         :class:`~firedrake_msm.bridge.PhysicsDrift`); None learns the whole drift.
     fixed_dofs : sequence of int
-        Dofs of :math:`u` held by Dirichlet conditions: no closure, no noise there.
+        Dofs of :math:`u` held by Dirichlet conditions: no closure, no noise there; and
+        :math:`h = 0` on the nodes where every component of :math:`u` is held.
     width, depth : int
         The weak-form network's size.
     noise : float
@@ -127,8 +132,13 @@ class MultiscaleSDE(nn.Module):
         spread = np.sqrt(lumped.mean() / lumped)
         self.register_buffer("spread", torch.as_tensor(np.concatenate(
             [np.repeat(spread, self.n_components), np.repeat(spread, n_latent)])), persistent=False)
+        fixed_dofs = np.asarray(fixed_dofs, dtype=np.int64)
+        held = np.bincount(fixed_dofs // self.n_components, minlength=self.n_nodes) == self.n_components
+        self.register_buffer("latent_mask", torch.as_tensor(~held, dtype=torch.float64)[:, None],
+                             persistent=False)                                        # (N_H, 1)
         mask = torch.ones(self.size, dtype=torch.float64)
-        mask[torch.as_tensor(np.asarray(fixed_dofs, dtype=np.int64))] = 0.0
+        mask[torch.as_tensor(fixed_dofs)] = 0.0
+        mask[self.n_u:] = self.latent_mask.expand(-1, n_latent).reshape(-1)
         self.register_buffer("mask", mask, persistent=False)
         self.raw_sigma = nn.Parameter(torch.full((channels,), inverse_softplus(noise)))
         channel = np.concatenate([np.tile(np.arange(self.n_components), self.n_nodes),
@@ -142,9 +152,10 @@ class MultiscaleSDE(nn.Module):
         return z[..., :self.n_u], z[..., self.n_u:].unflatten(-1, (self.n_nodes, self.n_latent))
 
     def channels(self, z):
-        """``(..., D)`` to the nodal channels ``(..., N_H, c + n_h)``."""
+        """``(..., D)`` to the nodal channels ``(..., N_H, c + n_h)``, with :math:`h = 0` where
+        :math:`u` is prescribed."""
         u, h = self.split(z)
-        return torch.cat([u.unflatten(-1, (self.n_nodes, self.n_components)), h], dim=-1)
+        return torch.cat([u.unflatten(-1, (self.n_nodes, self.n_components)), h * self.latent_mask], dim=-1)
 
     def sigma(self):
         """The diffusion :math:`\\sigma`, ``(D,)``: zero on fixed dofs."""

@@ -1,6 +1,7 @@
 """The learned SDE's structure: what holds whatever the networks learned."""
+import numpy as np
 import torch
-from firedrake import FunctionSpace, UnitSquareMesh
+from firedrake import DirichletBC, FunctionSpace, UnitSquareMesh
 from torch.nn.functional import softplus
 
 from firedrake_msm.model import MultiscaleSDE
@@ -43,3 +44,20 @@ def test_auxiliary_state_returns_to_its_bounded_set():
             z = z + dt * drift
     _, h = sde.split(z)
     assert torch.all(h.abs() <= 1.01 * a / kappa)
+
+
+def test_auxiliary_state_is_zero_where_u_is_prescribed():
+    """On nodes where Dirichlet conditions hold every component of u, the closure and the decoder
+    see h = 0, and h has neither drift nor noise there."""
+    V = FunctionSpace(UnitSquareMesh(4, 4), "CG", 1)
+    boundary = np.asarray(DirichletBC(V, 0.0, "on_boundary").nodes)
+    sde = MultiscaleSDE(V, 2, fixed_dofs=boundary).double()
+    z = torch.randn(3, sde.size, dtype=F64, generator=torch.Generator().manual_seed(0))
+    channels = sde.channels(z)
+    assert torch.all(channels[:, boundary, 1:] == 0.0)
+    interior = np.setdiff1d(np.arange(V.dim()), boundary)
+    assert torch.all(channels[:, interior, 1:] == sde.split(z)[1][:, interior])
+    _, drift = sde.split(sde.f(0.0, z))
+    _, noise = sde.split(sde.g(0.0, z))
+    assert torch.all(drift[:, boundary] == 0.0) and torch.all(noise[:, boundary] == 0.0)
+    assert torch.all(noise[:, interior] > 0.0)
