@@ -22,7 +22,7 @@ from firedrake_msm.closures import CoarseSolver
 from firedrake_msm.data import load_trajectories, splits
 from firedrake_msm.dns import simulate
 from firedrake_msm.forecast import forecast, write_vtk
-from firedrake_msm.metrics import relative_l2, relative_l2_fe, summary
+from firedrake_msm.metrics import diverged_at, relative_l2, relative_l2_fe, summary
 from firedrake_msm.model import ModelConfig
 from firedrake_msm.problems import PROBLEMS
 from firedrake_msm.train import TrainConfig, load, train
@@ -79,13 +79,15 @@ class Settings:
 class Result:
     """One method on the test trajectories: ``errors`` and ``errors_fe`` ``(n, T)`` (dof-vector
     and FE :math:`L^2` norms), ``crps`` ``(n, T)`` (ensembles only), cost per simulated time
-    unit, and the fine-mesh mean (and spread) of every test trajectory, ``(n, T, N_h)``."""
+    unit, the fine-mesh mean (and spread) of every test trajectory, ``(n, T, N_h)``, and the time
+    at which the forecast blew up, if it did."""
     errors: np.ndarray
     errors_fe: np.ndarray
     seconds_per_unit_time: float
     mean: np.ndarray
     spread: np.ndarray = None
     crps: np.ndarray = None
+    diverged_at: float = None
 
 
 def compare(case, *, folder="results", data="data", runs="runs", settings=None, retrain=False, progress=True,
@@ -177,7 +179,8 @@ def _learned(checkpoint, times, truth, samples):
     seconds = (time.perf_counter() - start) / (times[-1] - times[0]) / truth.shape[0]
     mean, spread = result.mean.double().numpy(), result.std.double().numpy()
     errors_fe = relative_l2_fe(truth, mean, _mass(model.transfer.V_fine))
-    return Result(relative_l2(truth, mean), errors_fe, seconds, mean, spread, result.crps)
+    return Result(relative_l2(truth, mean), errors_fe, seconds, mean, spread, result.crps,
+                  diverged_at(times, mean))
 
 
 def _mass(V):
@@ -223,6 +226,7 @@ def _summary(case, dataset, fine, results, training, protocol, fine_cost, times,
                          "crps": None if r.crps is None else float(np.mean(r.crps)),
                          "seconds_per_unit_time": r.seconds_per_unit_time,
                          "training_seconds": training.get(name), "training": protocol.get(name),
+                         "diverged_at": r.diverged_at,
                          "reference_rel_l2": REFERENCE.get(case, {}).get(name)}
     return {"case": case, "dataset": str(dataset), "fine": fine, "test_trajectories": int(truth.shape[0]),
             "test_times": int(len(times)), "fine_dns": {"seconds_per_unit_time": fine_cost},
@@ -234,8 +238,9 @@ def _tables(out, summary_):
               "reference rel. L2"]
     rows = []
     for name, m in summary_["methods"].items():
-        rows.append([name, f"{m['rel_l2_mean']:.4f} ± {m['rel_l2_std']:.4f}",
-                     f"{m['rel_l2_fe_mean']:.4f} ± {m['rel_l2_fe_std']:.4f}",
+        diverged = None if m["diverged_at"] is None else f"blew up at t = {m['diverged_at']:.4g}"
+        rows.append([name, diverged or f"{m['rel_l2_mean']:.4f} ± {m['rel_l2_std']:.4f}",
+                     diverged or f"{m['rel_l2_fe_mean']:.4f} ± {m['rel_l2_fe_std']:.4f}",
                      "" if m["crps"] is None else f"{m['crps']:.4g}", f"{m['seconds_per_unit_time']:.3g}",
                      "" if m["training_seconds"] is None else f"{m['training_seconds']:.0f}",
                      "" if m["reference_rel_l2"] is None else f"{m['reference_rel_l2']:.3f}"])

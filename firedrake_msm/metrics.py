@@ -117,6 +117,13 @@ def summary(errors):
     return float(errors.mean()), float(errors.std())
 
 
+def diverged_at(times, prediction):
+    """The first of ``times`` ``(T,)`` at which a forecast ``(n, T, N)`` holds a value that is not
+    finite, or None: a forecast that blew up has no error to average."""
+    finite = np.isfinite(_numpy(prediction)).all(axis=(0, 2))
+    return None if finite.all() else float(np.asarray(times)[np.argmin(finite)])
+
+
 def crps(ensemble, truth, *, fair=False):
     r"""Continuous ranked probability score of an ensemble, averaged over dofs.
 

@@ -79,10 +79,14 @@ def _snapshots_2d(path, V, times, truth, results, trajectory=0):
               **{LABELS[name]: r.mean[trajectory, -1] for name, r in results.items()}}
     fig, axes = plt.subplots(1, len(fields), figsize=(4 * len(fields), 3.6))
     for ax, (name, values) in zip(axes, fields.items()):
+        ax.set_title(name)
+        if not np.isfinite(values).all():
+            ax.text(0.5, 0.5, "blew up", ha="center", va="center", transform=ax.transAxes)
+            ax.set_axis_off()
+            continue
         f = from_torch(torch.as_tensor(np.asarray(values, dtype=float)), V)
         artist = tripcolor(f if V.block_size == 1 else _magnitude(f), axes=ax)
         fig.colorbar(artist, ax=ax, shrink=0.8)
-        ax.set_title(name)
         ax.set_aspect("equal")
     fig.suptitle(f"t = {times[-1]:.3g}")
     fig.tight_layout()

@@ -8,8 +8,8 @@ from firedrake import (Function, FunctionSpace, RectangleMesh, SpatialCoordinate
 from scipy.special import erf
 
 from firedrake_msm.bridge.mass import to_torch_sparse
-from firedrake_msm.metrics import (crps, energy_spectrum, fe_norm, relative_l2, relative_l2_fe, spread_skill,
-                                   summary)
+from firedrake_msm.metrics import (crps, diverged_at, energy_spectrum, fe_norm, relative_l2, relative_l2_fe,
+                                   spread_skill, summary)
 
 
 def test_relative_l2():
@@ -19,6 +19,14 @@ def test_relative_l2():
     assert np.allclose(relative_l2(torch.as_tensor(y), torch.as_tensor(-y)), 2, rtol=1e-15)
     mean, std = summary(relative_l2(y, y + 0.1 * np.arange(7)[:, None] * y))
     assert np.isclose(mean, 0.3) and np.isclose(std, 0.2)        # 0, 0.1, ..., 0.6
+
+
+def test_diverged_at_is_the_first_non_finite_time():
+    times, forecast = np.linspace(0, 1, 11), np.zeros((2, 11, 5))
+    assert diverged_at(times, forecast) is None
+    forecast[1, 7:, 3] = np.inf
+    forecast[0, 4, 2] = np.nan
+    assert diverged_at(times, forecast) == 0.4
 
 
 @pytest.fixture(scope="module")
