@@ -1,7 +1,8 @@
 """The learned SDE's structure: what holds whatever the networks learned."""
 import numpy as np
 import torch
-from firedrake import DirichletBC, FunctionSpace, UnitSquareMesh
+from firedrake import (DirichletBC, FunctionSpace, TestFunction, TrialFunction, UnitSquareMesh, assemble, dx,
+                       grad, inner)
 from torch.nn.functional import softplus
 
 from firedrake_msm.model import MultiscaleSDE
@@ -61,3 +62,33 @@ def test_auxiliary_state_is_zero_where_u_is_prescribed():
     _, noise = sde.split(sde.g(0.0, z))
     assert torch.all(drift[:, boundary] == 0.0) and torch.all(noise[:, boundary] == 0.0)
     assert torch.all(noise[:, interior] > 0.0)
+
+
+def test_learned_flux_dissipates_every_channel():
+    """With the source switched off, the closure's residual is -∫ ν_c |∇X_c|² ≤ 0 against X_c for
+    every channel, however wild the network (a free flux could act as a negative viscosity)."""
+    sde = wild_sde()
+    closure = sde.closure
+    with torch.no_grad():
+        last = closure.net[-1]
+        last.weight[:closure.channels] = 0.0                # source outputs
+        last.bias[:closure.channels] = 0.0
+    X = torch.randn(4, sde.n_nodes, closure.channels, dtype=F64, generator=torch.Generator().manual_seed(1))
+    energy_rate = (X * closure(X)).sum(1)                   # (B, c)
+    assert torch.all(energy_rate <= 0.0) and torch.all(energy_rate < -1e-12)
+
+
+def test_constant_diffusivity_is_firedrakes_stiffness_matrix():
+    """A network with constant output ν gives R = -ν K X, K assembled by Firedrake."""
+    V = FunctionSpace(UnitSquareMesh(3, 5), "CG", 2)
+    sde = MultiscaleSDE(V, 1).double()
+    closure = sde.closure
+    with torch.no_grad():
+        closure.net[-1].weight.zero_()
+        closure.net[-1].bias.zero_()                         # s = 0, ν = ν0 softplus(0)
+    u, v = TrialFunction(V), TestFunction(V)
+    K = torch.as_tensor(assemble(inner(grad(u), grad(v)) * dx).M.values)
+    X = torch.randn(2, V.dim(), 2, dtype=F64, generator=torch.Generator().manual_seed(2))
+    nu = closure.diffusivity * np.log(2.0)
+    expected = -nu * torch.einsum("ij,bjc->bic", K, X)
+    assert torch.allclose(closure(X), expected, rtol=1e-10, atol=1e-12)
