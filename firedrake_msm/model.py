@@ -212,7 +212,8 @@ class MultiscaleSDE(nn.Module):
         each component of :math:`u` and of its gradient over samples and points. The auxiliary
         channels keep scale one: their size is learned, and an untrained encoder's is arbitrary."""
         features = self.closure.at_points(self.channels(z)).flatten(0, 1)
-        observed = (torch.arange(features.shape[1], device=z.device) % self.closure.channels) < self.n_components
+        channel = torch.arange(features.shape[1], device=z.device) % self.closure.channels
+        observed = channel < self.n_components
         scale = torch.where(observed, features.std(0).clamp_min(1e-6), torch.ones_like(self.closure.scale))
         self.closure.scale.copy_(scale)
 
