@@ -32,8 +32,10 @@ def test_compare_writes_tables_plots_and_vtk(tmp_path, monkeypatch, capsys, case
 
 
 def test_settings_follow_the_protocol_and_its_departures():
-    """DESIGN.md §4: data noise 0.001, 0.01 for KdV; the cylinder trains on fewer samples a step."""
+    """DESIGN.md §4: data noise 0.001, 0.01 for KdV; Burgers' fine mesh is 64²; the cylinder trains
+    on fewer samples a step."""
     kdv, burgers, cylinder = (Settings.for_case(case).train for case in ("kdv", "burgers2d", "cylinder"))
+    assert Settings.for_case("burgers2d").dns == {"resolution": 64} and Settings.for_case("kdv").dns == {}
     assert (kdv.noise_std, burgers.noise_std, cylinder.noise_std) == (0.01, 0.001, 0.001)
     assert (burgers.batch_size, burgers.residual_times) == (8, 32)
     assert (cylinder.batch_size, cylinder.residual_times) == (2, 8)
