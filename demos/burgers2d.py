@@ -76,7 +76,7 @@ print(f"fine data: {V_h.dim()} dofs; test: {truth.shape[0]} trajectories x {len(
 # Restriction :math:`R` (Helmholtz-filtered :math:`L^2` projection) and prolongation :math:`P`
 # (interpolation). The filter width is :math:`0.41\Delta`, :math:`\Delta` the side of a square of
 # the mean cell area, as the model computes it.
-config = ModelConfig("burgers2d", n_latent=settings.n_latent)
+config = ModelConfig("burgers2d", n_latent=settings.n_latent, **settings.model)
 cell = (assemble(Constant(1.0) * dx(domain=mesh_H)) / mesh_H.num_cells()) ** 0.5
 transfer = Transfer(V_h, V_H, filter_width=config.filter_width * cell)
 y0 = torch.as_tensor(truth[:, 0])

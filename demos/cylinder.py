@@ -90,7 +90,7 @@ print(f"fine data: {V_h.dim()} velocity dofs; test: {len(times)} times")
 # Restriction :math:`R` (Helmholtz-filtered :math:`L^2` projection, filter width :math:`0.41\Delta`
 # with :math:`\Delta` the side of a square of the mean cell area, as the model computes it) and
 # prolongation :math:`P` (interpolation). The meshes are not nested; :math:`P` interpolates anyway.
-config = ModelConfig("cylinder", n_latent=settings.n_latent)
+config = ModelConfig("cylinder", n_latent=settings.n_latent, **settings.model)
 cell = (assemble(Constant(1.0) * dx(domain=mesh_H)) / mesh_H.num_cells()) ** 0.5
 transfer = Transfer(V_h, V_H, filter_width=config.filter_width * cell)
 y0 = torch.as_tensor(truth[:, 0])

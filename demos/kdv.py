@@ -85,7 +85,7 @@ print(f"fine data: {V_h.dim()} dofs; test: {truth.shape[0]} trajectories x {len(
 # Restriction :math:`R` (Helmholtz-filtered :math:`L^2` projection, width :math:`0.41 H`) and
 # prolongation :math:`P` (interpolation) between the observed spaces; :math:`PRy` is the part of
 # :math:`y` the coarse mesh can hold.
-config = ModelConfig("kdv", n_latent=settings.n_latent)
+config = ModelConfig("kdv", n_latent=settings.n_latent, **settings.model)
 transfer = Transfer(V_h, V_H, filter_width=config.filter_width * problem.length / problem.coarse)
 y0 = torch.as_tensor(truth[:, 0])
 u0 = transfer.restrict(y0)

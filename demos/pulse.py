@@ -77,7 +77,7 @@ print(f"fine data: {V_h.dim()} dofs; test: {truth.shape[0]} trajectories x {len(
 # :math:`(Ry, v) + \alpha^2(\nabla Ry, \nabla v) = (y, v)`, with :math:`\alpha = 0.41 H` as the
 # model uses. :math:`PRy` is all a coarse field can say about :math:`y`: for this narrow pulse,
 # little.
-config = ModelConfig("pulse", n_latent=settings.n_latent)
+config = ModelConfig("pulse", n_latent=settings.n_latent, **settings.model)
 transfer = Transfer(V_h, V_H, filter_width=config.filter_width / problem.coarse)
 y0 = torch.as_tensor(truth[:, 0])
 u0 = transfer.restrict(y0)

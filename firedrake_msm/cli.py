@@ -24,6 +24,8 @@ def main(argv=None):
     train.add_argument("--output", type=Path, help="run folder (default: runs/<problem>-n<n_latent>)")
     train.add_argument("--n-latent", type=int, default=5, help="auxiliary channels (0: implicit-scale model)")
     train.add_argument("--no-physics", action="store_true", help="learn the whole drift")
+    train.add_argument("--flux", choices=("dissipative", "free"), default="dissipative",
+                       help="the closure's flux (default: dissipative, an eddy diffusivity)")
     train.add_argument("--coarse", help="coarse mesh resolution (default: the problem's)")
     train.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint")
     train.add_argument("--warm-start", type=Path, help="initialise from another run's checkpoint")
@@ -79,7 +81,8 @@ def _train(parser, args):
     with h5py.File(args.dataset, "r") as f:
         problem = f["msm"].attrs["problem"]
     coarse = int(args.coarse) if args.coarse and args.coarse.isdigit() else args.coarse
-    model = ModelConfig(problem, coarse=coarse, n_latent=args.n_latent, physics=not args.no_physics)
+    model = ModelConfig(problem, coarse=coarse, n_latent=args.n_latent, physics=not args.no_physics,
+                        flux=args.flux)
     config = TrainConfig(**{name: getattr(args, name) for name in vars(TrainConfig())})
     output = args.output or Path("runs") / f"{problem}-n{args.n_latent}"
     start = time.perf_counter()

@@ -12,12 +12,11 @@ State :math:`z = (u, h)`: :math:`u` on the coarse observed space :math:`V_H` (``
 with the physics drift :math:`f_{phys} = -M^{-1}F_H(u)` of the coarse discretisation (from the
 torch bridge), and the learned terms in weak form at the quadrature points,
 
-.. math:: M\,[C_\theta; G_\theta]_i = \int_\Omega s_\theta(\xi)\,v_i
-          - \nu_\theta(\xi)\,\nabla X\cdot\nabla v_i\,dx,
-          \qquad \xi = (u, \nabla u, h, \nabla h),\quad X = (u, h),\quad \nu_\theta \ge 0,
+.. math:: M\,[C_\theta; G_\theta]_i = \int_\Omega s_\theta(\xi)\,v_i + \tau_\theta(\xi)\cdot\nabla v_i\,dx,
+          \qquad \xi = (u, \nabla u, h, \nabla h),
 
-so one network serves any mesh and resolution; the flux, a learned eddy diffusivity per channel,
-is conservative and dissipative (:class:`NeuralWeakForm`).
+so one network serves any mesh and resolution. The flux is conservative; by default it is a
+learned eddy diffusivity per channel, and dissipative (:class:`NeuralWeakForm`).
 The auxiliary dynamics are dissipative by construction: a learned damping :math:`\kappa > 0` and a
 bounded forcing (amplitude :math:`a`, per channel) keep :math:`|h| \le a/\kappa` plus noise,
 whatever the network learned. Trained only at posterior samples, an unconstrained
@@ -50,21 +49,23 @@ from firedrake_msm.transfer import Transfer, coarse_stencil, scalar_space, scipy
 
 
 class NeuralWeakForm(nn.Module):
-    r"""A learned source and eddy diffusivity at the quadrature points of a scalar space, tested
-    against its basis: ``(B, N, c)`` channels :math:`X` to ``(B, N, c)`` residuals
+    r"""A learned source and flux at the quadrature points of a scalar space, tested against its
+    basis: ``(B, N, c)`` channels :math:`X` to ``(B, N, c)`` residuals
 
-    .. math:: R_{ic} = \sum_q w_q \bigl[s_c(\xi_q)\,\phi_i(x_q)
-                       - \nu_c(\xi_q)\,\nabla X_c(x_q)\cdot\nabla\phi_i(x_q)\bigr],
-              \qquad \nu_c = \nu_0\,\mathrm{softplus}(\cdot) \ge 0,
+    .. math:: R_{ic} = \sum_q w_q \bigl[s_c(\xi_q)\,\phi_i(x_q) + \tau_c(\xi_q)\cdot\nabla\phi_i(x_q)\bigr],
 
-    :math:`\xi_q` the channels and their gradients at :math:`x_q`. The flux depends on the
-    gradients only through the non-negative diffusivity, so it dissipates every channel's
-    :math:`L^2` energy (:math:`X_c^T R^{flux}_c = -\int \nu_c |\nabla X_c|^2 \le 0`) whatever the
-    network learned. A free flux :math:`\tau_\theta(\xi)` can act as a negative viscosity, which
-    grows grid-scale modes at a rate of order :math:`|\partial\tau/\partial\nabla X|/\Delta^2`: on
-    2D Burgers (32² → 8²) its closure had a checkerboard mode with eigenvalue 7.6 + 1.0i and a
-    validation error of 1.04, the diffusive one 0.28; on the cylinder it blew up in the boundary
-    layer 0.05 time units into the forecast.
+    :math:`\xi_q` the channels and their gradients at :math:`x_q`. Two fluxes:
+
+    - ``"dissipative"``: :math:`\tau_c = -\nu_c(\xi)\nabla X_c`, a learned eddy diffusivity
+      :math:`\nu_c = \nu_0\,\mathrm{softplus}(\cdot) \ge 0`. It dissipates every channel's
+      :math:`L^2` energy (:math:`X_c^T R^{flux}_c = -\int \nu_c |\nabla X_c|^2 \le 0`) whatever the
+      network learned.
+    - ``"free"``: :math:`\tau_c(\xi)` any function. It can sharpen (an anti-diffusion, which
+      the coarse advected pulse needs), and it can act as a negative viscosity, which grows
+      grid-scale modes at a rate of order :math:`|\partial\tau/\partial\nabla X|/\Delta^2`: on
+      2D Burgers (32² → 8²) its closure had a checkerboard mode with eigenvalue 7.6 + 1.0i and a
+      validation error of 1.04, the dissipative one 0.28; on the cylinder it blew up in the
+      boundary layer 0.05 time units into the forecast.
 
     The tabulations :math:`E = [\phi_j(x_q)]` and :math:`D_k = [\partial_k\phi_j(x_q)]` are
     assembled once by Firedrake (interpolation into a quadrature space), the weights as
@@ -77,16 +78,20 @@ class NeuralWeakForm(nn.Module):
         A scalar space.
     channels : int
         :math:`c`.
+    flux : str
+        ``"dissipative"`` or ``"free"``.
     width, depth : int
         The network's size.
     diffusivity : float
-        :math:`\nu_0`, in units of length² per time.
+        :math:`\nu_0`, in units of length² per time (dissipative flux).
     degree : int, optional
         The quadrature degree (default: twice the element's).
     """
 
-    def __init__(self, V, channels, *, width=64, depth=2, diffusivity=1e-3, degree=None):
+    def __init__(self, V, channels, *, flux="dissipative", width=64, depth=2, diffusivity=1e-3, degree=None):
         super().__init__()
+        if flux not in ("dissipative", "free"):
+            raise ValueError(f"flux must be 'dissipative' or 'free', not {flux!r}")
         mesh = V.mesh()
         self.gdim = mesh.geometric_dimension
         degree = degree or 2 * V.ufl_element().embedded_superdegree
@@ -100,8 +105,9 @@ class NeuralWeakForm(nn.Module):
         self.register_buffer("tables_t", to_torch_sparse(tables.T.tocsr()), persistent=False)
         self.register_buffer("weights", torch.as_tensor(np.tile(weights, 1 + self.gdim)), persistent=False)
         self.register_buffer("scale", torch.ones(channels * (1 + self.gdim)))
-        self.channels, self.diffusivity = channels, diffusivity
-        self.net = mlp(channels * (1 + self.gdim), 2 * channels, width, depth)
+        self.channels, self.flux, self.diffusivity = channels, flux, diffusivity
+        outputs = (2 if flux == "dissipative" else 1 + self.gdim) * channels
+        self.net = mlp(channels * (1 + self.gdim), outputs, width, depth)
 
     def at_points(self, X):
         """Channels ``(B, N, c)`` and their gradients at the points: ``(B, Q, (1 + gdim) c)``."""
@@ -112,8 +118,12 @@ class NeuralWeakForm(nn.Module):
     def forward(self, X):
         B, N, C = X.shape
         xi = self.at_points(X).unflatten(-1, (1 + self.gdim, C))                      # (B, Q, 1+d, C)
-        source, raw_nu = self.net(xi.flatten(-2) / self.scale).chunk(2, dim=-1)      # (B, Q, C) each
-        flux = -self.diffusivity * softplus(raw_nu)[:, :, None] * xi[:, :, 1:]        # (B, Q, d, C)
+        out = self.net(xi.flatten(-2) / self.scale)
+        source = out[..., :C]                                                          # (B, Q, C)
+        if self.flux == "dissipative":
+            flux = -self.diffusivity * softplus(out[..., C:])[:, :, None] * xi[:, :, 1:]  # (B, Q, d, C)
+        else:
+            flux = out[..., C:].unflatten(-1, (self.gdim, C))
         out = torch.cat([source[:, :, None], flux], dim=2).permute(2, 1, 0, 3).reshape(-1, B * C)
         R = torch.sparse.mm(self.tables_t, self.weights[:, None] * out)               # (N, B C)
         return R.view(N, B, C).transpose(0, 1)
@@ -134,6 +144,8 @@ class MultiscaleSDE(nn.Module):
     fixed_dofs : sequence of int
         Dofs of :math:`u` held by Dirichlet conditions: no closure, no noise there; and
         :math:`h = 0` on the nodes where every component of :math:`u` is held.
+    flux : str
+        The closure's flux, ``"dissipative"`` or ``"free"`` (:class:`NeuralWeakForm`).
     width, depth : int
         The weak-form network's size.
     noise : float
@@ -144,8 +156,8 @@ class MultiscaleSDE(nn.Module):
     """
     noise_type, sde_type = "diagonal", "ito"
 
-    def __init__(self, V, n_latent=5, *, physics=None, fixed_dofs=(), width=64, depth=2, noise=1e-2,
-                 damping=50.0):
+    def __init__(self, V, n_latent=5, *, physics=None, fixed_dofs=(), flux="dissipative", width=64, depth=2,
+                 noise=1e-2, damping=50.0):
         super().__init__()
         Vs = scalar_space(V)
         self.n_nodes, self.n_components, self.n_latent = Vs.dim(), V.block_size, n_latent
@@ -153,7 +165,7 @@ class MultiscaleSDE(nn.Module):
         self.size = self.n_u + self.n_nodes * n_latent
         channels = self.n_components + n_latent
         self.physics = physics
-        self.closure = NeuralWeakForm(Vs, channels, width=width, depth=depth)
+        self.closure = NeuralWeakForm(Vs, channels, flux=flux, width=width, depth=depth)
         self.mass = MassOperator(Vs)
         lumped = MassOperator(Vs, "lumped").diag.numpy()       # HRZ: positive for any degree
         spread = np.sqrt(lumped.mean() / lumped)
@@ -269,6 +281,9 @@ class ModelConfig:
         Auxiliary channels :math:`n_h` (0: the implicit-scale model).
     physics : bool
         Include the coarse physics drift (False: a purely learned drift, as the reference code).
+    flux : str
+        The closure's flux: ``"dissipative"`` (a learned eddy diffusivity, stable by
+        construction) or ``"free"`` (any function of the channels and their gradients).
     filter_width : float
         Helmholtz filter width of the restriction in units of the coarse cell size; 0.41 matches
         the second moment of a Gaussian filter two cells wide (:math:`\alpha = \Delta/\sqrt{24}`).
@@ -282,6 +297,7 @@ class ModelConfig:
     coarse: object = None
     n_latent: int = 5
     physics: bool = True
+    flux: str = "dissipative"
     filter_width: float = 0.41
     width: int = 64
     depth: int = 2
@@ -321,7 +337,7 @@ class MultiscaleModel(nn.Module):
         self.smoother = GaussianProcessSmoother(self.V.block_size + config.n_latent)
         self.sde = MultiscaleSDE(self.V, config.n_latent, physics=physics,
                                  fixed_dofs=fixed[fixed < self.V.dim()], width=config.width,
-                                 depth=config.depth, damping=config.damping)
+                                 flux=config.flux, depth=config.depth, damping=config.damping)
         self.decoder = Decoder(self.transfer, config.n_latent)
 
     def encode(self, fine):

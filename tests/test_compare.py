@@ -36,6 +36,7 @@ def test_settings_follow_the_protocol_and_its_departures():
     on fewer samples a step."""
     kdv, burgers, cylinder = (Settings.for_case(case).train for case in ("kdv", "burgers2d", "cylinder"))
     assert Settings.for_case("burgers2d").dns == {"resolution": 64} and Settings.for_case("kdv").dns == {}
+    assert Settings.for_case("kdv").model == {"flux": "free"} and Settings.for_case("burgers2d").model == {}
     assert (kdv.noise_std, burgers.noise_std, cylinder.noise_std) == (0.01, 0.001, 0.001)
     assert (burgers.batch_size, burgers.residual_times) == (8, 32)
     assert (cylinder.batch_size, cylinder.residual_times) == (2, 8)

@@ -1,8 +1,8 @@
 """The learned SDE's structure: what holds whatever the networks learned."""
 import numpy as np
 import torch
-from firedrake import (DirichletBC, FunctionSpace, TestFunction, TrialFunction, UnitSquareMesh, assemble, dx,
-                       grad, inner)
+from firedrake import (DirichletBC, FunctionSpace, TestFunction, TrialFunction, UnitSquareMesh, as_vector,
+                       assemble, dx, grad, inner)
 from torch.nn.functional import softplus
 
 from firedrake_msm.model import MultiscaleSDE
@@ -92,3 +92,18 @@ def test_constant_diffusivity_is_firedrakes_stiffness_matrix():
     nu = closure.diffusivity * np.log(2.0)
     expected = -nu * torch.einsum("ij,bjc->bic", K, X)
     assert torch.allclose(closure(X), expected, rtol=1e-10, atol=1e-12)
+
+
+def test_constant_free_flux_is_firedrakes_divergence_form():
+    """A free flux with constant output τ gives R_i = ∫ τ · ∇φ_i, as Firedrake assembles it."""
+    V = FunctionSpace(UnitSquareMesh(3, 5), "CG", 2)
+    sde = MultiscaleSDE(V, 1, flux="free").double()
+    tau = torch.tensor([[0.3, -0.7], [1.1, 0.2]], dtype=F64)           # (gdim, channels)
+    with torch.no_grad():
+        sde.closure.net[-1].weight.zero_()
+        sde.closure.net[-1].bias.copy_(torch.cat([torch.zeros(2, dtype=F64), tau.flatten()]))
+    v = TestFunction(V)
+    expected = torch.stack([torch.as_tensor(assemble(inner(as_vector(t.tolist()), grad(v)) * dx).dat.data)
+                            for t in tau.T], dim=-1)
+    X = torch.randn(2, V.dim(), 2, dtype=F64, generator=torch.Generator().manual_seed(3))
+    assert torch.allclose(sde.closure(X), expected.expand(2, -1, -1), rtol=1e-10, atol=1e-12)
