@@ -34,7 +34,7 @@ def test_auxiliary_state_returns_to_its_bounded_set():
     """From |h| = 1e3 the noiseless auxiliary state decays into |h| <= a / kappa (forward Euler,
     dt kappa = 0.05), whatever the closure does to u."""
     sde = wild_sde()
-    kappa, a = softplus(sde.raw_damping), softplus(sde.raw_amplitude)
+    kappa, a = softplus(sde.raw_damping).detach(), softplus(sde.raw_amplitude).detach()
     z = torch.zeros(1, sde.size, dtype=F64)
     z[:, sde.n_u:] = 1e3
     dt = 0.05 / float(kappa.max())
