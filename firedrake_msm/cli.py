@@ -14,7 +14,7 @@ def main(argv=None):
     dns.add_argument("--trajectories", type=int, help="initial conditions (default: the problem's)")
     dns.add_argument("--seed", type=int, default=0)
     dns.add_argument("--resolution", type=int,
-                     help="fine mesh resolution (default: the comparison's, as compare.PROTOCOL says)")
+                     help="fine mesh resolution (default: the comparison's, compare.PROTOCOL)")
     dns.add_argument("--dt", type=float, help="time step and output interval")
     dns.add_argument("--t-end", type=float, help="end time")
     dns.add_argument("--output", type=Path, help="dataset file (default: data/<case>.h5)")
@@ -65,9 +65,10 @@ def _dns(parser, args):
     output = args.output or Path("data") / f"{args.case}.h5"
     output.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    resolution = args.resolution or Settings.for_case(args.case).dns.get("resolution")
+    given = {"resolution": args.resolution, "dt": args.dt, "t_end": args.t_end}
+    options = {**Settings.for_case(args.case).dns, **{k: v for k, v in given.items() if v is not None}}
     simulate(problem, output, trajectories=args.trajectories or problem.trajectories, seed=args.seed,
-             resolution=resolution, dt=args.dt, t_end=args.t_end)
+             **options)
     print(f"wrote {output} ({output.stat().st_size / 2**20:.1f} MiB) in {time.perf_counter() - start:.0f} s")
     return 0
 
