@@ -15,8 +15,14 @@ torch bridge), and the learned terms in weak form at the quadrature points,
 .. math:: M\,[C_\theta; G_\theta]_i = \int_\Omega s_\theta(\xi)\,v_i + \tau_\theta(\xi)\cdot\nabla v_i\,dx,
           \qquad \xi = (u, \nabla u, h, \nabla h),
 
-so one network serves any mesh and resolution. The flux is conservative; by default it is a
-learned eddy diffusivity per channel, and dissipative (:class:`NeuralWeakForm`).
+so one network serves any mesh and resolution. The closure is a force in the coarse
+discretisation: its residual joins :math:`-F_H(u)` before the physics' mass solve, which holds the
+Dirichlet rows and the algebraic constraints, :math:`M\dot u = -F_H(u) + R_\theta`. In
+incompressible flow the pressure answers the closure too, and :math:`u` stays discretely
+divergence-free; solved apart, a closure's divergent part accumulated in the cylinder's
+forecasts (from 3.7 % of the restricted data's norm to 31 % at t + 0.2, where it blew up).
+The flux is conservative; by default it is a learned eddy diffusivity per channel, and
+dissipative (:class:`NeuralWeakForm`).
 The auxiliary dynamics are dissipative by construction: a learned damping :math:`\kappa > 0` and a
 bounded forcing (amplitude :math:`a`, per channel) keep :math:`|h| \le a/\kappa` plus noise,
 whatever the network learned. Trained only at posterior samples, an unconstrained
@@ -204,16 +210,20 @@ class MultiscaleSDE(nn.Module):
         """The drift, ``(B, D) -> (B, D)``; ``t`` only reaches the physics (time-dependent
         boundary data)."""
         R = self.closure(self.channels(z))                                            # (B, N, C)
-        B, N, C = R.shape
-        learned = self.mass.solve(R.permute(0, 2, 1).reshape(B * C, N)).view(B, C, N).transpose(1, 2)
-        _, h = self.split(z)
+        B, c = R.shape[0], self.n_components
+        u, h = self.split(z)
+        if self.physics is None:
+            resolved = self._solve_mass(R[..., :c])
+        else:
+            resolved = self.physics(t, u, forcing=R[..., :c].reshape(B, -1))
         a, kappa = softplus(self.raw_amplitude), softplus(self.raw_damping)
-        latent = a * torch.tanh(learned[..., self.n_components:] / a) - kappa * h
-        drift = torch.cat([learned[..., :self.n_components].reshape(B, -1), latent.reshape(B, -1)], dim=1)
-        if self.physics is not None:
-            drift = drift + torch.nn.functional.pad(self.physics(t, z[:, :self.n_u]),
-                                                    (0, self.size - self.n_u))
-        return drift * self.mask
+        latent = a * torch.tanh(self._solve_mass(R[..., c:]) / a) - kappa * h
+        return torch.cat([resolved.reshape(B, -1), latent.reshape(B, -1)], dim=1) * self.mask
+
+    def _solve_mass(self, R):
+        """:math:`M^{-1}` channel by channel: ``(B, N, k) -> (B, N, k)``."""
+        B, N, k = R.shape
+        return self.mass.solve(R.permute(0, 2, 1).reshape(B * k, N)).view(B, k, N).transpose(1, 2)
 
     def g(self, t, z):
         return self.sigma().expand_as(z)

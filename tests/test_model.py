@@ -1,10 +1,13 @@
 """The learned SDE's structure: what holds whatever the networks learned."""
 import numpy as np
 import torch
-from firedrake import (DirichletBC, FunctionSpace, TestFunction, TrialFunction, UnitSquareMesh, as_vector,
-                       assemble, dx, grad, inner)
+from firedrake import (Constant, DirichletBC, Function, FunctionSpace, TestFunction, TestFunctions,
+                       TrialFunction, UnitSquareMesh, VectorFunctionSpace, as_vector, assemble, div, dot, dx,
+                       grad, inner, split)
 from torch.nn.functional import softplus
 
+from firedrake_msm.bridge import PhysicsDrift
+from firedrake_msm.bridge.mass import bc_dofs
 from firedrake_msm.model import MultiscaleSDE
 
 F64 = torch.float64
@@ -12,8 +15,12 @@ F64 = torch.float64
 
 def wild_sde(n_latent=3, damping=5.0):
     """An SDE on a small square whose network weights are blown up a hundredfold."""
+    return wild_sde_on(FunctionSpace(UnitSquareMesh(4, 4), "CG", 1), n_latent, damping=damping)
+
+
+def wild_sde_on(V, n_latent=3, **kwargs):
     torch.manual_seed(0)
-    sde = MultiscaleSDE(FunctionSpace(UnitSquareMesh(4, 4), "CG", 1), n_latent, damping=damping).double()
+    sde = MultiscaleSDE(V, n_latent, **kwargs).double()
     with torch.no_grad():
         for p in sde.closure.parameters():
             p.mul_(100.0)
@@ -109,3 +116,27 @@ def test_constant_free_flux_is_firedrakes_divergence_form():
                             for t in tau.T], dim=-1)
     X = torch.randn(2, V.dim(), 2, dtype=F64, generator=torch.Generator().manual_seed(3))
     assert torch.allclose(sde.closure(X), expected.expand(2, -1, -1), rtol=1e-10, atol=1e-12)
+
+
+def test_closure_keeps_the_velocity_divergence_free():
+    """In incompressible flow the pressure answers the closure as it answers the physics: with a
+    wild network, the drift of u is still discretely divergence-free and zero on the walls."""
+    mesh = UnitSquareMesh(4, 4)
+    W = VectorFunctionSpace(mesh, "CG", 2) * FunctionSpace(mesh, "CG", 1)
+    w = Function(W)
+    u, p = split(w)
+    v, q = TestFunctions(W)
+    F = (inner(dot(grad(u), u), v) + Constant(0.01) * inner(grad(u), grad(v)) - p * div(v) + q * div(u)) * dx
+    bcs = [DirichletBC(W.sub(0), Constant((0.0, 0.0)), (1, 2, 3)),
+           DirichletBC(W.sub(0), Constant((1.0, 0.0)), 4)]
+    physics = PhysicsDrift(F, w, bcs, prognostic=(0,))
+    V = W.sub(0).collapse()
+    sde = wild_sde_on(V, physics=physics, fixed_dofs=bc_dofs(W, bcs))
+    z = torch.randn(4, sde.size, dtype=F64, generator=torch.Generator().manual_seed(4))
+    z[:, :sde.n_u] = physics.apply_bcs(z[:, :sde.n_u])
+    drift = sde.f(0.0, z)[:, :sde.n_u]
+    closure = drift - physics(0.0, z[:, :sde.n_u])
+    assert closure.abs().max() > 1.0                                  # the closure acts...
+    divergence = (physics.J_ap @ drift.T).abs() / (physics.J_ap.abs() @ drift.T.abs()).max(0).values
+    assert divergence.max() <= 1e-12                                  # ...and the pressure answers it
+    assert torch.all(drift[:, physics.bc_dofs] == 0)

@@ -57,6 +57,12 @@ class PhysicsDrift(torch.nn.Module):
       :math:`a` is not (a pressure defined up to a constant, in an enclosed flow: :math:`a` is then
       the minimum-norm solution).
 
+    **Forcing.** ``drift(t, U, forcing=R)`` adds a residual :math:`R` (a dual vector on the
+    prognostic dofs, e.g. a learned closure tested against the basis) to :math:`-F_p`:
+    :math:`M\dot U = -F_p(U) + R`. It goes through the same mass matrix, Dirichlet rows (where it is
+    ignored) and constraint, so a force never breaks them: a closure of incompressible flow is
+    answered by the pressure and keeps the velocity discretely divergence-free.
+
     The affinity and constancy are checked numerically at build time (at random states, against
     Firedrake's assembled Jacobian), and a clear error is raised otherwise.
 
@@ -216,9 +222,10 @@ class PhysicsDrift(torch.nn.Module):
         U[:, self.bc_dofs] = self.boundary(t)
         return U
 
-    def forward(self, t, U):
-        r""":math:`\dot U` ``(B, N_p)`` at the states ``U`` ``(B, N_p)``."""
-        return self._solve(t, U)[0]
+    def forward(self, t, U, forcing=None):
+        r""":math:`\dot U` ``(B, N_p)`` at the states ``U`` ``(B, N_p)``, with an optional
+        ``forcing`` residual ``(B, N_p)`` added to the right-hand side."""
+        return self._solve(t, U, forcing)[0]
 
     def complete(self, t, U):
         r"""The mixed states ``(B, N)`` of the prognostic states ``U`` ``(B, N_p)``, with the
@@ -228,7 +235,7 @@ class PhysicsDrift(torch.nn.Module):
             return U
         return self._mixed(U, self._solve(t, U)[1])
 
-    def _solve(self, t, U):
+    def _solve(self, t, U, forcing=None):
         """:math:`\\dot U` and the algebraic unknowns (None for an ODE)."""
         if U.dim() != 2 or U.shape[1] != len(self.prognostic_dofs):
             raise ValueError(f"expected a batch of states of shape (B, {len(self.prognostic_dofs)}), "
@@ -244,6 +251,8 @@ class PhysicsDrift(torch.nn.Module):
                 rhs = -self.residual(self._mixed(U, a))[:, self.prognostic_dofs]
             else:
                 rhs = -self.residual(self._mixed(U, zero))[:, self.prognostic_dofs]
+        if forcing is not None:
+            rhs = rhs + forcing
         if len(self.bc_dofs):
             if self.boundary_values is None:
                 rate = torch.zeros_like(self.bc_values)
