@@ -20,7 +20,7 @@ from firedrake.mesh import MeshGeometry
 from ufl.algorithms import expand_derivatives
 from ufl.domain import extract_unique_domain
 
-from firedrake_msm.dns import SOLVER, _Gather, time_stepper
+from firedrake_msm.dns import _Gather, direct_solver, time_stepper
 
 # |S| is sqrt(2 S:S + EPSILON**2): Newton's Jacobian contains S/|S|, 0/0 wherever the strain
 # vanishes exactly (a corner cell held at zero by Dirichlet data, a constant state). The
@@ -138,7 +138,7 @@ class CoarseSolver:
     dt : float, optional
         The largest time step (default ``problem.dt``).
     solver_parameters : dict, optional
-        PETSc options (default :data:`firedrake_msm.dns.SOLVER`).
+        PETSc options (default :func:`firedrake_msm.dns.direct_solver`).
     """
 
     def __init__(self, problem, space, *, closure=None, C_s=0.17, dt=None, solver_parameters=None):
@@ -217,7 +217,7 @@ class CoarseSolver:
         self._observed_value = Function(self.observed_space)
         F = inner(split(self.state)[i] - self._observed_value, split(test)[i]) * dx + algebraic
         problem = NonlinearVariationalProblem(F, self.state)
-        return NonlinearVariationalSolver(problem, solver_parameters=SOLVER)
+        return NonlinearVariationalSolver(problem, solver_parameters=direct_solver(self.problem, W.comm))
 
     def forecast(self, u0, times):
         """Integrate from ``u0`` at ``times[0]`` and return the observed states at ``times``.

@@ -28,9 +28,15 @@ from tqdm import tqdm
 
 from firedrake_msm.problems import PROBLEMS
 
-# Newton with a direct solve (MUMPS copes with the saddle points of mixed problems).
+# Newton with a direct solve, by :attr:`Problem.lu <firedrake_msm.problems.Problem>`'s package.
 SOLVER = {"snes_type": "newtonls", "snes_rtol": 1e-10, "snes_atol": 1e-13, "mat_type": "aij",
-          "ksp_type": "preonly", "pc_type": "lu", "pc_factor_mat_solver_type": "mumps"}
+          "ksp_type": "preonly", "pc_type": "lu"}
+
+
+def direct_solver(problem, comm):
+    """:data:`SOLVER` with the problem's LU package on one process, MUMPS on more (PETSc's own LU
+    is serial)."""
+    return {**SOLVER, "pc_factor_mat_solver_type": problem.lu if comm.size == 1 else "mumps"}
 
 
 def simulate(problem, path, *, trajectories, seed=0, resolution=None, dt=None, t_end=None, spin_up=None,
@@ -141,14 +147,15 @@ def time_stepper(problem, state, t, dt, *, residual=None, solver_parameters=None
     residual : callable, optional
         ``residual(u, v)`` replacing ``problem.residual`` (a closure added to it, say).
     solver_parameters : dict, optional
-        Default :data:`SOLVER`.
+        Default :func:`direct_solver`.
     """
     test = TestFunction(state.function_space())
     residual = problem.residual if residual is None else residual
     F = problem.time_derivative(state, test) + residual(state, test)
     return TimeStepper(F, problem.scheme, t, dt, state, bcs=problem.bcs(state.function_space()),
                        stage_type=problem.stage_type,
-                       solver_parameters=SOLVER if solver_parameters is None else solver_parameters)
+                       solver_parameters=(direct_solver(problem, state.comm) if solver_parameters is None
+                                          else solver_parameters))
 
 
 class _Gather:

@@ -15,6 +15,7 @@ class Burgers2D(Problem):
     viscosity = 0.005
     parameter_names = ("e",)
     fine, coarse = 128, 8
+    lu = "petsc"           # no saddle point
 
     def mesh(self, resolution, comm=COMM_WORLD):
         return UnitSquareMesh(resolution, resolution, comm=comm)

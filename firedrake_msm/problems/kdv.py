@@ -25,6 +25,7 @@ class KdV(Problem):
     fine, coarse = 1000, 20
     trajectories = 20      # 10 train, 5 validation, 5 test
     prognostic = (0,)      # w is algebraic
+    lu = "petsc"           # no saddle point
 
     def mesh(self, resolution, comm=COMM_WORLD):
         return PeriodicIntervalMesh(resolution, self.length, comm=comm)

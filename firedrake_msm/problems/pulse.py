@@ -13,6 +13,7 @@ class AdvectedPulse(Problem):
     speed = 1.0
     parameter_names = ("width",)
     fine, coarse = 1000, 20
+    lu = "petsc"           # no saddle point
 
     def mesh(self, resolution, comm=COMM_WORLD):
         return PeriodicIntervalMesh(resolution, 1.0, comm=comm)
