@@ -26,11 +26,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from firedrake import COMM_SELF, Constant, Function, TestFunction, assemble, dx
+from firedrake import COMM_SELF, Function, TestFunction
 from firedrake.pyplot import tripcolor
 from matplotlib.figure import Figure
 
-from firedrake_msm.closures import CoarseSolver
+from firedrake_msm.closures import CoarseSolver, filter_width
 from firedrake_msm.compare import Settings
 from firedrake_msm.data import load_space, load_trajectories, splits
 from firedrake_msm.dns import simulate
@@ -74,11 +74,10 @@ times, truth = load_trajectories(dataset, **splits(dataset)["test"])      # (n, 
 print(f"fine data: {V_h.dim()} dofs; test: {truth.shape[0]} trajectories x {len(times)} times")
 
 # Restriction :math:`R` (Helmholtz-filtered :math:`L^2` projection) and prolongation :math:`P`
-# (interpolation). The filter width is :math:`0.41\Delta`, :math:`\Delta` the side of a square of
-# the mean cell area, as the model computes it.
+# (interpolation). The filter width is :math:`0.41\Delta`, :math:`\Delta = |K|^{1/2}` the side of a
+# square of the cell's area, as the model computes it.
 config = ModelConfig("burgers2d", n_latent=settings.n_latent, **settings.model)
-cell = (assemble(Constant(1.0) * dx(domain=mesh_H)) / mesh_H.num_cells()) ** 0.5
-transfer = Transfer(V_h, V_H, filter_width=config.filter_width * cell)
+transfer = Transfer(V_h, V_H, filter_width=config.filter_width * filter_width(mesh_H))
 y0 = torch.as_tensor(truth[:, 0])
 u0 = transfer.restrict(y0)
 print(f"lost on the coarse mesh at t0: |y - PRy| / |y| = {relative_l2(y0, transfer.prolong(u0)).mean():.3f}")

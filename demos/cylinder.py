@@ -32,11 +32,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from firedrake import COMM_SELF, Constant, Function, FunctionSpace, assemble, dx, inner, sqrt
+from firedrake import COMM_SELF, Function, FunctionSpace, inner, sqrt
 from firedrake.pyplot import tripcolor
 from matplotlib.figure import Figure
 
-from firedrake_msm.closures import CoarseSolver
+from firedrake_msm.closures import CoarseSolver, filter_width
 from firedrake_msm.compare import Settings
 from firedrake_msm.data import load_space, load_trajectories, splits
 from firedrake_msm.dns import simulate
@@ -88,11 +88,11 @@ times, truth = load_trajectories(dataset, **parts["test"])        # (1, T, N_h)
 print(f"fine data: {V_h.dim()} velocity dofs; test: {len(times)} times")
 
 # Restriction :math:`R` (Helmholtz-filtered :math:`L^2` projection, filter width :math:`0.41\Delta`
-# with :math:`\Delta` the side of a square of the mean cell area, as the model computes it) and
-# prolongation :math:`P` (interpolation). The meshes are not nested; :math:`P` interpolates anyway.
+# with :math:`\Delta = |K|^{1/2}` the local cell size, as the model computes it: the graded mesh's
+# cells near the cylinder are a thousandth of the mean's area) and prolongation :math:`P`
+# (interpolation). The meshes are not nested; :math:`P` interpolates anyway.
 config = ModelConfig("cylinder", n_latent=settings.n_latent, **settings.model)
-cell = (assemble(Constant(1.0) * dx(domain=mesh_H)) / mesh_H.num_cells()) ** 0.5
-transfer = Transfer(V_h, V_H, filter_width=config.filter_width * cell)
+transfer = Transfer(V_h, V_H, filter_width=config.filter_width * filter_width(mesh_H))
 y0 = torch.as_tensor(truth[:, 0])
 u0 = transfer.restrict(y0)
 print(f"lost on the coarse mesh at t0: |y - PRy| / |y| = {relative_l2(y0, transfer.prolong(u0)).mean():.3f}")

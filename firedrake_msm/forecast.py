@@ -50,7 +50,7 @@ def forecast(model, initial, times, *, samples=64, dt=None, seed=0, method="srk"
     samples : int
         Ensemble members per initial condition.
     dt : float, optional
-        Solver step (default: the output interval).
+        Solver step (default: the output interval, or the problem's ``forecast_dt`` where shorter).
     method : str
         torchsde's scheme: ``"srk"`` (default; strong order 1.5 for diagonal noise, and its
         Runge-Kutta stages keep learned drifts with large imaginary eigenvalues stable: on the
@@ -70,7 +70,7 @@ def forecast(model, initial, times, *, samples=64, dt=None, seed=0, method="srk"
     z0 = mean + torch.exp(0.5 * log_var[model.sde.channel]) * noise
     # Absolute times: the drift reads them for time-dependent boundary data.
     ts = torch.as_tensor(times, dtype=torch.float64).to(dtype=param.dtype, device=param.device)
-    dt = float(dt or (times[1] - times[0]))
+    dt = float(dt or min(times[1] - times[0], model.problem.forecast_dt or np.inf))
     bm = torchsde.BrownianInterval(t0=float(ts[0]), t1=float(ts[-1]), size=z0.shape, dtype=param.dtype,
                                    device=param.device, entropy=seed,
                                    levy_area_approximation="space-time" if method == "srk" else "none")

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 import torch
-from firedrake import (COMM_SELF, Constant, Function, FunctionSpace, TestFunction, TrialFunction, assemble,
+from firedrake import (COMM_SELF, Function, FunctionSpace, TestFunction, TrialFunction, assemble,
                        dx, interpolate)
 from finat.ufl import FiniteElement
 from torch import nn
@@ -48,6 +48,7 @@ from torch.nn.functional import softplus
 
 from firedrake_msm.bridge import PhysicsDrift
 from firedrake_msm.bridge.mass import MassOperator, bc_dofs, to_torch_sparse
+from firedrake_msm.closures import filter_width
 from firedrake_msm.elbo import product_of_experts
 from firedrake_msm.posterior import Encoder, GaussianProcessSmoother, StencilField, inverse_softplus, mlp
 from firedrake_msm.problems import PROBLEMS
@@ -295,8 +296,11 @@ class ModelConfig:
         The closure's flux: ``"dissipative"`` (a learned eddy diffusivity, stable by
         construction) or ``"free"`` (any function of the channels and their gradients).
     filter_width : float
-        Helmholtz filter width of the restriction in units of the coarse cell size; 0.41 matches
-        the second moment of a Gaussian filter two cells wide (:math:`\alpha = \Delta/\sqrt{24}`).
+        Helmholtz filter width of the restriction in units of the local coarse cell size
+        :math:`\Delta = |K|^{1/d}` (:func:`~firedrake_msm.closures.filter_width`); 0.41 matches the
+        second moment of a Gaussian filter two cells wide (:math:`\alpha = \Delta/\sqrt{24}`). On
+        the cylinder's graded mesh a width from the mean cell instead smoothed the boundary layer
+        away: :math:`|y - PRy|/|y|` was 0.216, against 0.088 with the local width.
     width, depth, features : int
         Network sizes.
     damping : float
@@ -339,9 +343,7 @@ class MultiscaleModel(nn.Module):
             physics = PhysicsDrift(problem.residual(self.state, TestFunction(W)), self.state, bcs,
                                    prognostic=problem.prognostic)
         fixed = bc_dofs(W, bcs)
-        volume = assemble(Constant(1.0) * dx(domain=mesh))
-        cell = (volume / mesh.num_cells()) ** (1 / mesh.topological_dimension)
-        self.transfer = Transfer(V_fine, self.V, filter_width=config.filter_width * cell)
+        self.transfer = Transfer(V_fine, self.V, filter_width=config.filter_width * filter_width(mesh))
         self.encoder = Encoder(V_fine, self.V, config.n_latent, features=config.features, width=config.width,
                                depth=config.depth)
         self.smoother = GaussianProcessSmoother(self.V.block_size + config.n_latent)

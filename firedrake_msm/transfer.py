@@ -33,8 +33,9 @@ class Transfer(torch.nn.Module):
     ----------
     V_fine, V_coarse : firedrake.FunctionSpace
         The spaces (same value shape; meshes of the same domain).
-    filter_width : float
-        :math:`\alpha`.
+    filter_width : float or ufl.core.expr.Expr
+        :math:`\alpha`, a number or a UFL expression on the coarse mesh (a width following the
+        local cell size, say).
     dtype, device
         As for the bridge's operators.
     """

@@ -32,6 +32,9 @@ class Problem:
     # less overhead: a DNS step of the pulse 4.5x, KdV 2.5x, 2D Burgers 1.7x faster, the same
     # states to 2e-15.
     lu = "mumps"
+    # The step of the learned SDE's explicit forecasts on the coarse mesh (None: the output
+    # interval dt), where the coarse cells need a shorter one than dt.
+    forecast_dt = None
 
     def mesh(self, resolution, comm):
         """The mesh at ``resolution`` (cells per side or a problem-specific key)."""
