@@ -8,27 +8,15 @@ on one CPU thread: forward + backward of each field through both paths of ``_Ste
 Usage: python benchmarks/bench_stencil.py
 """
 import json
-import time
 
-import numpy as np
 import torch
+from bench_bridge import timeit
 from firedrake import FunctionSpace, PeriodicIntervalMesh, UnitSquareMesh
 
 from firedrake_msm.posterior import StencilField, _StencilProduct
 from firedrake_msm.transfer import coarse_stencil
 
 COLUMNS = 8 * 64
-
-
-def timeit(fn, min_time=0.5):
-    fn()
-    times = []
-    start = time.perf_counter()
-    while time.perf_counter() - start < min_time or len(times) < 3:
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
 
 
 def fields():
@@ -54,9 +42,9 @@ def main():
             field(X).square().sum().backward()
 
         limit = _StencilProduct.dense_limit
-        dense = timeit(step)
+        dense = timeit(step, min_time=0.5)
         _StencilProduct.dense_limit = 0
-        chunked = timeit(step)
+        chunked = timeit(step, min_time=0.5)
         _StencilProduct.dense_limit = limit
         summary[name] = chunked / dense
         print(f"{name:>12} {field.weights.numel():>9} {1e3 * dense:>9.2f} {1e3 * chunked:>13.2f} "

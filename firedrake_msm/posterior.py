@@ -93,7 +93,7 @@ class _StencilProduct(torch.autograd.Function):
     column node :math:`c_e`), :math:`\partial L/\partial a_{e,ab} = \sum_n \bar Y_{a r_e n}
     X_{c_e b n}`: the entries of the dense :math:`\bar Y X^T` on the pattern. Up to
     :attr:`dense_limit` entries it is formed by one GEMM (forward and backward of KdV's fields 2.9x
-    and 5.4x faster than with the products per entry, ``benchmarks/bench_stencil.py``). Above, it
+    and 3.5x faster than with the products per entry, ``benchmarks/bench_stencil.py``). Above, it
     would not fit (21536 x 16694 entries for the cylinder's encoder; ``torch.sparse.mm``'s own
     backward forms it), and the products per entry run in chunks of columns.
     """
