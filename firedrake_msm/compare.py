@@ -106,7 +106,8 @@ def compare(case, *, folder="results", data="data", runs="runs", settings=None, 
     ``table.csv``, plots (PNG) and VTK files of the first test trajectory.
 
     The dataset ``data/<case>.h5`` and the trained models ``runs/<case>-n0`` and
-    ``runs/<case>-n<n_h>`` are made when missing (or when ``retrain``), else reused. With
+    ``runs/<case>-n<n_h>`` are made when missing (or when ``retrain``), else reused; a model with
+    fewer steps than ``settings.train.steps`` (an interrupted run, or a longer budget) resumes. With
     ``workers > 1`` the two models train, and the two baselines run, in parallel processes.
 
     Returns the summary (a dict, as written to ``summary.json``).
@@ -126,11 +127,13 @@ def compare(case, *, folder="results", data="data", runs="runs", settings=None, 
     configs = {method: ModelConfig(case, n_latent=n, **settings.model) for method, n in n_latent.items()}
     # Spawned, not forked: a forked child would share PETSc's and torch's state with this process.
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        jobs = {method: pool.submit(_train, dataset, run, configs[method],
-                                    settings.train, progress, position)
+        done = {method: 0 if retrain else _trained_steps(run) for method, run in learned.items()}
+        jobs = {method: pool.submit(_train, dataset, run, configs[method], settings.train, done[method] > 0,
+                                    progress, position)
                 for position, (method, run) in enumerate(learned.items())
-                if retrain or not (run / "checkpoint.pt").exists()}
-        training = {method: job.result() for method, job in jobs.items()}
+                if done[method] < settings.train.steps}
+        for job in jobs.values():
+            job.result()
         checkpoints = {method: run / "best.pt" if (run / "best.pt").exists() else run / "checkpoint.pt"
                        for method, run in learned.items()}
         # Four independent forecasts, as processes free up: each loads what it needs.
@@ -142,8 +145,7 @@ def compare(case, *, folder="results", data="data", runs="runs", settings=None, 
         results = {name: job.result() for name, job in jobs.items()}
     model = load(checkpoints["multiscale"])[0]
     protocol = {method: _protocol(checkpoint) for method, checkpoint in checkpoints.items()}
-    for method, run in learned.items():
-        training.setdefault(method, _training_seconds(run))
+    training = {method: _training_seconds(run) for method, run in learned.items()}
     fine = _fine_dataset(dataset)
     fine_cost = _fine_cost(problem, model.transfer.V_fine.mesh(), dataset, fine["dt"])
 
@@ -156,11 +158,17 @@ def compare(case, *, folder="results", data="data", runs="runs", settings=None, 
     return summary_
 
 
-def _train(dataset, run, model_config, config, progress, position):
-    """Train one model (in a worker process); returns the seconds it took."""
-    start = time.perf_counter()
-    train(dataset, run, model_config, config, progress=progress, position=position)
-    return time.perf_counter() - start
+def _train(dataset, run, model_config, config, resume, progress, position):
+    """Train one model, or resume it (in a worker process)."""
+    train(dataset, run, model_config, config, resume=resume, progress=progress, position=position)
+
+
+def _trained_steps(run):
+    """The steps ``run/checkpoint.pt`` holds (0 when there is none)."""
+    checkpoint = run / "checkpoint.pt"
+    if not checkpoint.exists():
+        return 0
+    return torch.load(checkpoint, map_location="cpu", weights_only=False)["state"]["step"]
 
 
 def _baseline(case, checkpoint, times, truth, closure, C_s):

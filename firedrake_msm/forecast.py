@@ -37,7 +37,7 @@ def forecast(model, initial, times, *, samples=64, dt=None, seed=0, method="srk"
     r"""Integrate the learned SDE from the posterior at the first snapshot.
 
     :math:`z_0 \sim N(\mu(y_0), \mathrm{diag}\,v)` from the encoder, then
-    ``torchsde.sdeint`` (Itô, diagonal noise) with a seeded ``BrownianInterval``, so the same
+    ``torchsde.sdeint`` (Itô, additive noise) with a seeded ``BrownianInterval``, so the same
     ``seed`` gives the same ensemble.
 
     Parameters
@@ -52,10 +52,10 @@ def forecast(model, initial, times, *, samples=64, dt=None, seed=0, method="srk"
     dt : float, optional
         Solver step (default: the output interval, or the problem's ``forecast_dt`` where shorter).
     method : str
-        torchsde's scheme: ``"srk"`` (default; strong order 1.5 for diagonal noise, and its
-        Runge-Kutta stages keep learned drifts with large imaginary eigenvalues stable: on the
-        pulse, Euler at the output interval 1e-3 grew to a relative error of 1.04 by t = 0.2 where
-        SRK stayed at 0.26) or ``"euler"`` (about 5x cheaper).
+        torchsde's scheme: ``"srk"`` (default; SRA1, strong order 1.5 for additive noise, three
+        drift evaluations a step; its Runge-Kutta stages keep learned drifts with large imaginary
+        eigenvalues stable: on the pulse, Euler at the output interval 1e-3 grew to a relative
+        error of 1.04 by t = 0.2 where SRK stayed at 0.26) or ``"euler"`` (one evaluation).
     truth : array_like, optional
         ``(n, T, N_h)`` fine snapshots at ``times``: score the ensemble against them (CRPS) while
         it is decoded.

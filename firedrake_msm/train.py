@@ -176,6 +176,7 @@ def train(dataset, folder, model_config, config=TrainConfig(), *, resume=False, 
         sampler.set_state(checkpoint["rng"]["sampler"])
         _set_rng(checkpoint["rng"])
         state = checkpoint["state"]
+        _truncate_log(folder / "log.csv", state["step"])
     else:
         if warm_start is not None:
             _load_matching(model, torch.load(warm_start, weights_only=False)["model"])
@@ -189,7 +190,8 @@ def train(dataset, folder, model_config, config=TrainConfig(), *, resume=False, 
         log = csv.writer(log_file, lineterminator="\n")
         if state["step"] == 0:
             log.writerow(["step", "elbo", "likelihood", "kl", "beta", "lr", "seconds", "validation_error"])
-        start = time.perf_counter()
+        # The log's seconds count the whole training, across resumes.
+        start = time.perf_counter() - state.get("seconds", 0.0)
         for step in range(state["step"], config.steps):
             index = torch.randint(len(windows), (config.batch_size,), generator=sampler)
             batch = _collate([windows[int(k)] for k in index], config.device)
@@ -212,8 +214,9 @@ def train(dataset, folder, model_config, config=TrainConfig(), *, resume=False, 
                 if error < state["best"]:
                     state["best"] = error
                     _save(best, model, optimizer, scheduler, sampler, state, model_config, config, dataset)
+            state["seconds"] = time.perf_counter() - start
             log.writerow([state["step"], terms["elbo"], terms["likelihood"], terms["kl"], beta,
-                          scheduler.get_last_lr()[0], time.perf_counter() - start, error])
+                          scheduler.get_last_lr()[0], state["seconds"], error])
             bar.update()
             bar.set_postfix(elbo=f"{terms['elbo']:.3g}", kl=f"{terms['kl']:.3g}",
                             val=f"{state['best']:.3g}")
@@ -287,6 +290,12 @@ def _load_matching(model, state_dict):
     model.load_state_dict(own)
 
 
-def _truncate_log(path):
-    if path.exists():
+def _truncate_log(path, step=0):
+    """Keep the log's rows up to ``step`` (a resumed run may have logged past its checkpoint)."""
+    if not path.exists():
+        return
+    if step == 0:
         path.unlink()
+        return
+    header, *rows = path.read_text().splitlines(keepends=True)
+    path.write_text(header + "".join(row for row in rows if int(row.split(",", 1)[0]) <= step))

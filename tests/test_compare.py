@@ -1,6 +1,7 @@
 """The comparison command end to end, at test sizes."""
 import json
 
+import numpy as np
 import pytest
 
 from firedrake_msm.cli import main
@@ -25,10 +26,16 @@ def test_compare_writes_tables_plots_and_vtk(tmp_path, monkeypatch, capsys, case
     for name in ("table.md", "table.csv", "errors.png", "snapshots.png", "spectra.png", "multiscale.pvd"):
         assert (out / name).stat().st_size > 0
     assert "multiscale" in capsys.readouterr().out
-    # A second run reuses the dataset and the trained models.
-    before = (tmp_path / "runs" / "fast" / f"{case}-n0" / "checkpoint.pt").stat().st_mtime
-    assert main(["compare", case, "--fast"]) == 0
-    assert (tmp_path / "runs" / "fast" / f"{case}-n0" / "checkpoint.pt").stat().st_mtime == before
+    # A longer budget resumes both models; the same budget again reuses them and the dataset.
+    run = tmp_path / "runs" / "fast" / f"{case}-n0"
+    assert main(["compare", case, "--fast", "--steps", "6"]) == 0
+    log = np.genfromtxt(run / "log.csv", delimiter=",", names=True)
+    assert np.array_equal(log["step"], np.arange(1, 7)) and np.all(np.diff(log["seconds"]) > 0)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["methods"]["implicit_scale"]["training_seconds"] == pytest.approx(log["seconds"][-1])
+    before = (run / "checkpoint.pt").stat().st_mtime
+    assert main(["compare", case, "--fast", "--steps", "6"]) == 0
+    assert (run / "checkpoint.pt").stat().st_mtime == before
 
 
 def test_settings_follow_the_protocol_and_its_departures():

@@ -67,7 +67,7 @@ def test_auxiliary_state_is_zero_where_u_is_prescribed():
     interior = np.setdiff1d(np.arange(V.dim()), boundary)
     assert torch.all(channels[:, interior, 1:] == sde.split(z)[1][:, interior])
     _, drift = sde.split(sde.f(0.0, z))
-    _, noise = sde.split(sde.g(0.0, z))
+    _, noise = sde.split(sde.g_prod(0.0, z, torch.ones_like(z)))
     assert torch.all(drift[:, boundary] == 0.0) and torch.all(noise[:, boundary] == 0.0)
     assert torch.all(noise[:, interior] > 0.0)
 

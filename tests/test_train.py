@@ -77,12 +77,15 @@ def test_resume_gives_the_uninterrupted_run(kdv, tmp_path):
     config = ModelConfig("kdv", n_latent=2, width=16, features=4)
     train(kdv, tmp_path / "once", config, tiny(), progress=False)
     train(kdv, tmp_path / "twice", config, tiny(steps=3), progress=False)
+    with open(tmp_path / "twice/log.csv", "a") as log:    # logged after the checkpoint, then stopped
+        log.write("4,0,0,0,0,0,0,\n")
     train(kdv, tmp_path / "twice", config, tiny(), resume=True, progress=False)
     once, twice = parameters(tmp_path / "once/checkpoint.pt"), parameters(tmp_path / "twice/checkpoint.pt")
     assert once.keys() == twice.keys()
     assert all(torch.equal(once[k], twice[k]) for k in once)
     logs = [np.genfromtxt(tmp_path / run / "log.csv", delimiter=",", names=True) for run in ("once", "twice")]
     assert np.array_equal(logs[0]["elbo"], logs[1]["elbo"]) and len(logs[0]) == 6
+    assert np.all(np.diff(logs[1]["seconds"]) > 0)      # the whole training's time, across the resume
 
 
 def test_diverging_loss_stops_with_a_clear_error(kdv, tmp_path):
