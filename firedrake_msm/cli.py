@@ -18,6 +18,8 @@ def main(argv=None):
     dns.add_argument("--dt", type=float, help="time step and output interval")
     dns.add_argument("--t-end", type=float, help="end time")
     dns.add_argument("--output", type=Path, help="dataset file (default: data/<case>.h5)")
+    dns.add_argument("--workers", type=int, default=1,
+                     help="processes that share out the trajectories (instead of mpiexec's mesh partition)")
 
     train = commands.add_parser("train", help="train a multiscale model on a dataset")
     train.add_argument("dataset", type=Path)
@@ -68,7 +70,7 @@ def _dns(parser, args):
     given = {"resolution": args.resolution, "dt": args.dt, "t_end": args.t_end}
     options = {**Settings.for_case(args.case).dns, **{k: v for k, v in given.items() if v is not None}}
     simulate(problem, output, trajectories=args.trajectories or problem.trajectories, seed=args.seed,
-             **options)
+             workers=args.workers, **options)
     print(f"wrote {output} ({output.stat().st_size / 2**20:.1f} MiB) in {time.perf_counter() - start:.0f} s")
     return 0
 

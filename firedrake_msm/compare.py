@@ -107,8 +107,9 @@ def compare(case, *, folder="results", data="data", runs="runs", settings=None, 
 
     The dataset ``data/<case>.h5`` and the trained models ``runs/<case>-n0`` and
     ``runs/<case>-n<n_h>`` are made when missing (or when ``retrain``), else reused; a model with
-    fewer steps than ``settings.train.steps`` (an interrupted run, or a longer budget) resumes. With
-    ``workers > 1`` the two models train, and the two baselines run, in parallel processes.
+    fewer steps than ``settings.train.steps`` (an interrupted run, or a longer budget) resumes.
+    ``workers`` processes share out the DNS's trajectories, train the two models and run the
+    forecasts.
 
     Returns the summary (a dict, as written to ``summary.json``).
     """
@@ -120,7 +121,7 @@ def compare(case, *, folder="results", data="data", runs="runs", settings=None, 
     if not dataset.exists():
         dataset.parent.mkdir(parents=True, exist_ok=True)
         simulate(problem, dataset, **{"trajectories": problem.trajectories, **settings.dns},
-                 progress=progress, comm=COMM_SELF)
+                 progress=progress, comm=COMM_SELF, workers=workers)
     times, truth = load_trajectories(dataset, **splits(dataset)["test"])
     n_latent = {"implicit_scale": 0, "multiscale": settings.n_latent}
     learned = {method: Path(runs) / f"{case}-n{n}" for method, n in n_latent.items()}
@@ -128,20 +129,29 @@ def compare(case, *, folder="results", data="data", runs="runs", settings=None, 
     # Spawned, not forked: a forked child would share PETSc's and torch's state with this process.
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         done = {method: 0 if retrain else _trained_steps(run) for method, run in learned.items()}
-        jobs = {method: pool.submit(_train, dataset, run, configs[method], settings.train, done[method] > 0,
-                                    progress, position)
-                for position, (method, run) in enumerate(learned.items())
-                if done[method] < settings.train.steps}
-        for job in jobs.values():
-            job.result()
-        checkpoints = {method: run / "best.pt" if (run / "best.pt").exists() else run / "checkpoint.pt"
-                       for method, run in learned.items()}
-        # Four independent forecasts, as processes free up: each loads what it needs.
-        jobs = {name: pool.submit(_baseline, case, checkpoints["multiscale"], times, truth, closure,
+        training = {method: pool.submit(_train, dataset, run, configs[method], settings.train,
+                                        done[method] > 0, progress, position)
+                    for position, (method, run) in enumerate(learned.items())
+                    if done[method] < settings.train.steps}
+
+        def trained(method):
+            """The checkpoint to forecast with, once the model's training (if any) is over."""
+            if method in training:
+                training[method].result()
+            run = learned[method]
+            return run / "best.pt" if (run / "best.pt").exists() else run / "checkpoint.pt"
+
+        # Each forecast starts once its model is trained, each loading what it needs: the baselines
+        # and the implicit-scale model's run while the multiscale model still trains. The baselines
+        # restrict with the implicit-scale model's transfer, the same as the multiscale model's.
+        checkpoints = {"implicit_scale": trained("implicit_scale")}
+        jobs = {name: pool.submit(_baseline, case, checkpoints["implicit_scale"], times, truth, closure,
                                   settings.C_s)
                 for name, closure in (("coarse_dns", None), ("smagorinsky", "smagorinsky"))}
-        jobs.update({name: pool.submit(_learned, checkpoint, times, truth, settings.samples)
-                     for name, checkpoint in checkpoints.items()})
+        jobs["implicit_scale"] = pool.submit(_learned, checkpoints["implicit_scale"], times, truth,
+                                             settings.samples)
+        checkpoints["multiscale"] = trained("multiscale")
+        jobs["multiscale"] = pool.submit(_learned, checkpoints["multiscale"], times, truth, settings.samples)
         results = {name: job.result() for name, job in jobs.items()}
     model = load(checkpoints["multiscale"])[0]
     protocol = {method: _protocol(checkpoint) for method, checkpoint in checkpoints.items()}

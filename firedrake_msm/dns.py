@@ -15,13 +15,15 @@ h5py) with
 The file is written under a temporary name and renamed when complete, so an interrupted or
 failed run leaves nothing that looks like a dataset.
 """
+import multiprocessing
 import os
+from concurrent.futures import ProcessPoolExecutor
 from importlib.metadata import version
 from pathlib import Path
 
 import h5py
 import numpy as np
-from firedrake import COMM_WORLD, CheckpointFile, Constant, Function, TestFunction
+from firedrake import COMM_SELF, COMM_WORLD, CheckpointFile, Constant, Function, TestFunction
 from firedrake.petsc import PETSc
 from irksome import TimeStepper
 from tqdm import tqdm
@@ -40,7 +42,7 @@ def direct_solver(problem, comm):
 
 
 def simulate(problem, path, *, trajectories, seed=0, resolution=None, dt=None, t_end=None, spin_up=None,
-             comm=COMM_WORLD, progress=True):
+             comm=COMM_WORLD, workers=1, progress=True):
     """Run ``trajectories`` fine simulations from seeded random initial conditions into ``path``.
 
     Parameters
@@ -58,6 +60,10 @@ def simulate(problem, path, *, trajectories, seed=0, resolution=None, dt=None, t
         and the time simulated before the first stored snapshot.
     comm : mpi4py.MPI.Comm
         Where to run; results do not depend on the number of processes.
+    workers : int
+        Processes that share out the trajectories, each running its own on one core (``comm``
+        must then be a single process); the dataset is the one a single process writes, to
+        round-off.
     progress : bool
         Show a progress bar (on rank 0).
 
@@ -81,10 +87,37 @@ def simulate(problem, path, *, trajectories, seed=0, resolution=None, dt=None, t
         raise ValueError(f"t_end = {t_end} and spin_up = {spin_up} must be multiples of dt = {dt}")
     if not 0 <= first < steps:
         raise ValueError(f"spin_up = {spin_up} must lie in [0, t_end = {t_end})")
+    if workers > 1 and comm.size > 1:
+        raise ValueError(f"workers = {workers} share out whole trajectories: run on one process, "
+                         f"not {comm.size}")
     resolution = problem.fine if resolution is None else resolution
     path = Path(path)
-    partial = path.with_name(path.name + ".partial")
+    rng = np.random.default_rng(seed)
+    draws = [problem.draw(rng) for _ in range(trajectories)]
+    run = dict(seed=seed, resolution=resolution, dt=dt, steps=steps, first=first)
+    if workers == 1:
+        _run(problem, path, draws, comm=comm, progress=progress, **run)
+        return path
+    # Worker j runs trajectories j, j + workers, ...: the long and the short ones spread evenly.
+    parts = [path.with_name(f"{path.name}.part{j}") for j in range(workers)]
+    try:
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            jobs = [pool.submit(_run, problem, part, draws[j::workers], progress=progress, position=j, **run)
+                    for j, part in enumerate(parts) if draws[j::workers]]
+            for job in jobs:
+                job.result()
+        _merge(parts[:len(jobs)], path)
+    finally:
+        for part in parts:
+            part.unlink(missing_ok=True)
+    return path
 
+
+def _run(problem, path, draws, *, seed, resolution, dt, steps, first, comm=COMM_SELF, progress=True,
+         position=None):
+    """The DNS of each of ``draws`` (initial-condition parameters) into the dataset ``path``."""
+    trajectories = len(draws)
+    partial = path.with_name(path.name + ".partial")
     mesh = problem.mesh(resolution, comm=comm)
     V = problem.function_space(mesh)
     state = Function(V)
@@ -94,8 +127,6 @@ def simulate(problem, path, *, trajectories, seed=0, resolution=None, dt=None, t
     observed = problem.observed(state)
     V_obs = observed.function_space().collapse()
     gather = _Gather(Function(V_obs))
-    rng = np.random.default_rng(seed)
-    draws = [problem.draw(rng) for _ in range(trajectories)]
 
     try:
         with CheckpointFile(str(partial), "w", comm=comm) as checkpoint:
@@ -107,7 +138,7 @@ def simulate(problem, path, *, trajectories, seed=0, resolution=None, dt=None, t
         n_times = steps - first + 1
         group = _open(partial, problem, trajectories, n_times, gather.size, seed, resolution, dt, comm)
         bar = tqdm(total=trajectories * steps, desc=f"DNS {problem.name}", unit="step",
-                   disable=not progress or comm.rank != 0)
+                   disable=not progress or comm.rank != 0, position=position)
         for k, draw in enumerate(draws):
             for name, value in draw.items():
                 parameters[name].assign(value)
@@ -130,7 +161,40 @@ def simulate(problem, path, *, trajectories, seed=0, resolution=None, dt=None, t
             partial.unlink()
         raise
     comm.barrier()
-    return path
+
+
+def _merge(parts, path):
+    """One dataset from the files of :func:`simulate`'s workers: part ``j`` of ``n`` holds the
+    trajectories ``j, j + n, ...``. The mesh and ``dof_index`` are copied from the first part (all
+    parts have the same)."""
+    partial = path.with_name(path.name + ".partial")
+    n = len(parts)
+    sources = [h5py.File(part, "r") for part in parts]
+    try:
+        with h5py.File(partial, "w") as out:
+            first = sources[0]
+            out.attrs.update(first.attrs)
+            for key in first:
+                if key != "msm":
+                    first.copy(first[key], out, name=key)
+            group = out.create_group("msm")
+            group.attrs.update(first["msm"].attrs)
+            group["times"] = first["msm/times"][...]
+            names = ["snapshots", "parameters"]
+            names += [f"diagnostics/{name}" for name in first["msm"].get("diagnostics", {})]
+            total = sum(source["msm/snapshots"].shape[0] for source in sources)
+            for name in names:
+                like = first["msm"][name]
+                target = group.create_dataset(name, (total, *like.shape[1:]), dtype=like.dtype,
+                                              chunks=like.chunks)
+                for j, source in enumerate(sources):
+                    for k, rows in enumerate(source["msm"][name]):
+                        target[j + k * n] = rows
+        os.replace(partial, path)
+    finally:
+        for source in sources:
+            source.close()
+        partial.unlink(missing_ok=True)
 
 
 def time_stepper(problem, state, t, dt, *, residual=None, solver_parameters=None):

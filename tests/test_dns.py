@@ -102,6 +102,28 @@ def test_parallel_dns_equals_serial(tmp_path):
         assert np.abs(serial - parallel).max() < 1e-10
 
 
+class WeighedPulse(AdvectedPulse):
+    """The pulse, reporting its mass beside each snapshot."""
+
+    def diagnostics(self, u):
+        return {"mass": assemble(u * dx)}
+
+
+def test_workers_write_the_serial_dataset(tmp_path):
+    """Trajectories shared out over processes give the dataset one process writes (to
+    round-off), diagnostics included, and leave no part files behind."""
+    options = dict(trajectories=3, resolution=40, dt=0.01, t_end=0.05, progress=False)
+    serial = simulate(WeighedPulse(), tmp_path / "serial.h5", **options)
+    shared = simulate(WeighedPulse(), tmp_path / "shared.h5", workers=2, **options)
+    with h5py.File(serial, "r") as a, h5py.File(shared, "r") as b:
+        # To round-off only: Newton starts each trajectory from the last stages it solved for.
+        for name in ("snapshots", "times", "parameters", "diagnostics/mass"):
+            assert np.allclose(a["msm"][name][...], b["msm"][name][...], rtol=0, atol=1e-14), name
+    assert load_space(shared)[0].dim() == load_space(serial)[0].dim()
+    assert np.array_equal(load_space(shared)[1], load_space(serial)[1])
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["serial.h5", "shared.h5"]
+
+
 def test_command_line(tmp_path, capsys):
     from firedrake_msm.cli import main
     output = tmp_path / "pulse.h5"
