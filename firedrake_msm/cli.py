@@ -47,7 +47,7 @@ def main(argv=None):
     compare.add_argument("--retrain", action="store_true", help="train the models even if runs/ has them")
     compare.add_argument("--steps", type=int, help="training steps per model")
     compare.add_argument("--validate-every", type=int,
-                         help="steps between validation forecasts and checkpoints (default 500)")
+                         help="steps between validation forecasts and checkpoints (default 1000 and 500)")
     compare.add_argument("--results", type=Path, default=Path("results"))
     compare.add_argument("--data", type=Path, default=Path("data"))
     compare.add_argument("--runs", type=Path, default=Path("runs"))

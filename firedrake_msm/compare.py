@@ -60,7 +60,8 @@ class Settings:
     """
     dns: dict = field(default_factory=dict)              # keywords of dns.simulate
     model: dict = field(default_factory=dict)            # keywords of ModelConfig
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=3000))
+    # A validation forecast (5 trajectories, 8 members) costs KdV about 100 training steps.
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=3000, validate_every=1000))
     n_latent: int = 5
     samples: int = 64
     C_s: float = 0.17
