@@ -130,15 +130,15 @@ def compare(case, *, folder="results", data="data", runs="runs", settings=None, 
     # Spawned, not forked: a forked child would share PETSc's and torch's state with this process.
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         done = {method: 0 if retrain else _trained_steps(run) for method, run in learned.items()}
-        training = {method: pool.submit(_train, dataset, run, configs[method], settings.train,
-                                        done[method] > 0, progress, position)
-                    for position, (method, run) in enumerate(learned.items())
-                    if done[method] < settings.train.steps}
+        running = {method: pool.submit(train, dataset, run, configs[method], settings.train,
+                                       resume=done[method] > 0, progress=progress, position=position)
+                   for position, (method, run) in enumerate(learned.items())
+                   if done[method] < settings.train.steps}
 
         def trained(method):
             """The checkpoint to forecast with, once the model's training (if any) is over."""
-            if method in training:
-                training[method].result()
+            if method in running:
+                running[method].result()
             run = learned[method]
             return run / "best.pt" if (run / "best.pt").exists() else run / "checkpoint.pt"
 
@@ -167,11 +167,6 @@ def compare(case, *, folder="results", data="data", runs="runs", settings=None, 
     plot_comparison(out, problem, model, times, truth, results)
     write_vtk(out / "multiscale.pvd", model, _as_forecast(times, results["multiscale"]), truth)
     return summary_
-
-
-def _train(dataset, run, model_config, config, resume, progress, position):
-    """Train one model, or resume it (in a worker process)."""
-    train(dataset, run, model_config, config, resume=resume, progress=progress, position=position)
 
 
 def _trained_steps(run):

@@ -95,6 +95,7 @@ def simulate(problem, path, *, trajectories, seed=0, resolution=None, dt=None, t
     rng = np.random.default_rng(seed)
     draws = [problem.draw(rng) for _ in range(trajectories)]
     run = dict(seed=seed, resolution=resolution, dt=dt, steps=steps, first=first)
+    workers = min(workers, trajectories)
     if workers == 1:
         _run(problem, path, draws, comm=comm, progress=progress, **run)
         return path
@@ -103,10 +104,10 @@ def simulate(problem, path, *, trajectories, seed=0, resolution=None, dt=None, t
     try:
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
             jobs = [pool.submit(_run, problem, part, draws[j::workers], progress=progress, position=j, **run)
-                    for j, part in enumerate(parts) if draws[j::workers]]
+                    for j, part in enumerate(parts)]
             for job in jobs:
                 job.result()
-        _merge(parts[:len(jobs)], path)
+        _merge(parts, path)
     finally:
         for part in parts:
             part.unlink(missing_ok=True)
