@@ -38,9 +38,15 @@ class StencilField(nn.Module):
 
     ``transpose=False`` maps coarse channels to fine nodes (a decoder); ``True`` aggregates fine
     nodes into coarse ones, normalised by :math:`\sum_j \phi_{ij}` (an encoder).
+
+    ``local=True`` (decoders only) learns the values of every stencil entry instead,
+    :math:`W_e \in \mathbb{R}^{n_a\times n_b}`: a local linear map whose weights vary across the
+    mesh, for fields whose sub-cell structure is tied to the geometry (a boundary layer), where
+    one function of the offset cannot follow it. They start at zero; :meth:`fit` sets them by
+    least squares.
     """
 
-    def __init__(self, stencil, n_a, n_b, *, transpose=False, width=32, depth=2):
+    def __init__(self, stencil, n_a, n_b, *, transpose=False, local=False, width=32, depth=2):
         super().__init__()
         nodes = torch.as_tensor(stencil.nodes)
         weights = torch.as_tensor(stencil.weights, dtype=torch.float32)
@@ -75,14 +81,48 @@ class StencilField(nn.Module):
         self.register_buffer("weights", weights.reshape(-1), persistent=False)
         self.register_buffer("offsets", torch.as_tensor(stencil.offsets, dtype=torch.float32).reshape(
             -1, stencil.offsets.shape[-1]), persistent=False)
-        self.psi = mlp(self.offsets.shape[1], n_a * n_b, width, depth)
+        if local and transpose:
+            raise ValueError("local stencil values are for decoders (transpose=False)")
+        self.local = local
+        if local:
+            self.values = nn.Parameter(torch.zeros(len(rows), n_a, n_b))
+        else:
+            self.psi = mlp(self.offsets.shape[1], n_a * n_b, width, depth)
 
     def forward(self, X):
         """``X``: ``(..., n_cols * n_b)`` column-node-major; returns ``(..., n_rows, n_a)``."""
         lead = X.shape[:-1]
-        values = (self.weights[:, None] * self.psi(self.offsets)).view(-1, self.n_a, self.n_b)
+        if self.local:
+            values = self.values
+        else:
+            values = (self.weights[:, None] * self.psi(self.offsets)).view(-1, self.n_a, self.n_b)
         Y = _StencilProduct.apply(values, self, X.reshape(-1, X.shape[-1]).T)       # (n_a n_rows, B)
         return Y.T.reshape(*lead, self.n_a, -1).transpose(-1, -2)
+
+    @torch.no_grad()
+    def fit(self, X, Y, *, ridge=1e-6, chunk=1024):
+        r"""Set local values by least squares, row by row: with the stencil inputs
+        :math:`F_j = (X_{i_{j1}}, \dots, X_{i_{jk}})` of row :math:`j` over the samples,
+        :math:`W_j = \arg\min \|F_j W - Y_j\|^2 + \lambda\,\bar g\,\|W\|^2`, with
+        :math:`\bar g` the mean diagonal of :math:`F_j^T F_j` (so inputs that are zero in every
+        sample get zero weights).
+
+        ``X``: ``(S, n_cols, n_b)``, ``Y``: ``(S, n_rows, n_a)``. Solved in double precision: the
+        normal equations square the condition number.
+        """
+        if not self.local:
+            raise ValueError("fit sets local stencil values: build the field with local=True")
+        k = len(self.col_nodes) // self.n_rows
+        cols = self.col_nodes.view(self.n_rows, k)
+        for start in range(0, self.n_rows, chunk):
+            rows = slice(start, min(start + chunk, self.n_rows))
+            F = X[:, cols[rows]].flatten(-2).transpose(0, 1).double()                 # (r, S, k n_b)
+            G = F.transpose(1, 2) @ F
+            shift = ridge * G.diagonal(dim1=1, dim2=2).mean(1).clamp_min(1e-30)
+            G.diagonal(dim1=1, dim2=2).add_(shift[:, None])
+            W = torch.linalg.solve(G, F.transpose(1, 2) @ Y[:, rows].transpose(0, 1).double())
+            self.values[rows.start * k:rows.stop * k] = W.view(-1, k, self.n_b, self.n_a).transpose(
+                -1, -2).reshape(-1, self.n_a, self.n_b).to(self.values.dtype)
 
 
 class _StencilProduct(torch.autograd.Function):

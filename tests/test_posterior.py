@@ -182,3 +182,21 @@ def test_encoder_is_mesh_independent():
     assert F1.shape == (1, V_coarse.dim(), 16) and h1.shape == (4 * V_coarse.dim(),)
     assert (F1 - F2).norm() < 0.05 * F2.norm()
     assert (h1 - h2).norm() < 1e-4 * h2.norm()
+
+
+def test_local_stencil_field_fits_a_local_linear_map(square):
+    """Values per stencil entry: least squares recovers a map of that form from enough samples,
+    and entries whose inputs are always zero get zero values."""
+    torch.manual_seed(0)
+    field = StencilField(coarse_stencil(*square), 2, 3, local=True).double()
+    with torch.no_grad():
+        field.values.normal_()
+        field.values[..., 2] = 0.0
+    X = torch.randn(40, field.shape[1] // 3, 3, dtype=F64)
+    X[..., 2] = 0.0
+    with torch.no_grad():
+        Y = field(X.flatten(-2))
+    want = field.values.detach().clone()
+    field.values.data.zero_()
+    field.fit(X, Y, ridge=1e-12)
+    assert torch.allclose(field.values, want, atol=1e-8)
