@@ -3,6 +3,7 @@ import csv
 import os
 import random
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -20,7 +21,7 @@ from firedrake_msm.model import ModelConfig, MultiscaleModel
 
 @dataclass
 class TrainConfig:
-    """Optimisation settings (DESIGN.md §4's protocol by default, except the number of steps).
+    r"""Optimisation settings (DESIGN.md §4's protocol by default, except the number of steps).
 
     Attributes
     ----------
@@ -38,6 +39,11 @@ class TrainConfig:
         Stratified Monte Carlo times per window for the residual term.
     clip : float
         Gradient norm clipping.
+    average : float
+        Decay of an exponential moving average of the parameters (Polyak averaging; 0: none).
+        The average is what validation forecasts, ``best.pt`` and :func:`load` use; the optimiser
+        steps the raw parameters. Its decay ramps up as :math:`\min(a, (1 + k)/(10 + k))` at step
+        :math:`k`, so that the initial parameters are soon forgotten.
     noise_std : float
         Observation noise added to the training data (seeded).
     validate_every, checkpoint_every : int
@@ -57,6 +63,7 @@ class TrainConfig:
     beta_warmup: int = 1600
     residual_times: int = 32
     clip: float = 10.0
+    average: float = 0.0
     noise_std: float = 0.0
     validate_every: int = 500
     checkpoint_every: int = 500
@@ -168,9 +175,11 @@ def train(dataset, folder, model_config, config=TrainConfig(), *, resume=False, 
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, config.decay_every, gamma=config.decay)
     sampler = torch.Generator().manual_seed(config.seed)
     state = {"step": 0, "best": float("inf")}
+    average = None
     if resume and last.exists():
         checkpoint = torch.load(last, weights_only=False)
         model.load_state_dict(checkpoint["model"])
+        average = checkpoint.get("average")
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
         sampler.set_state(checkpoint["rng"]["sampler"])
@@ -179,10 +188,12 @@ def train(dataset, folder, model_config, config=TrainConfig(), *, resume=False, 
         _truncate_log(folder / "log.csv", state["step"])
     else:
         if warm_start is not None:
-            _load_matching(model, torch.load(warm_start, weights_only=False)["model"])
+            _load_matching(model, _evaluated(torch.load(warm_start, weights_only=False)))
         else:
             model.calibrate(_sample_snapshots(windows, config))
         _truncate_log(folder / "log.csv")
+    if config.average and average is None:
+        average = {name: p.detach().clone() for name, p in model.named_parameters()}
 
     bar = tqdm(total=config.steps, initial=state["step"], desc=f"training {folder.name}", unit="step",
                disable=not progress, position=position)
@@ -206,14 +217,18 @@ def train(dataset, folder, model_config, config=TrainConfig(), *, resume=False, 
             torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip)
             optimizer.step()
             scheduler.step()
+            if average is not None:
+                _update_average(average, model, min(config.average, (1 + step) / (10 + step)))
             state["step"] = step + 1
             error = ""
             if config.validate_every and state["step"] % config.validate_every == 0:
-                error = float(relative_errors(model, validation[1], validation[0],
-                                              samples=config.validation_samples, seed=config.seed).mean())
+                with _parameters(model, average):
+                    error = float(relative_errors(model, validation[1], validation[0],
+                                                  samples=config.validation_samples, seed=config.seed).mean())
                 if error < state["best"]:
                     state["best"] = error
-                    _save(best, model, optimizer, scheduler, sampler, state, model_config, config, dataset)
+                    _save(best, model, optimizer, scheduler, sampler, state, model_config, config, dataset,
+                          average)
             state["seconds"] = time.perf_counter() - start
             log.writerow([state["step"], terms["elbo"], terms["likelihood"], terms["kl"], beta,
                           scheduler.get_last_lr()[0], state["seconds"], error])
@@ -222,24 +237,51 @@ def train(dataset, folder, model_config, config=TrainConfig(), *, resume=False, 
                             val=f"{state['best']:.3g}")
             if state["step"] % config.checkpoint_every == 0 or state["step"] == config.steps:
                 log_file.flush()
-                _save(last, model, optimizer, scheduler, sampler, state, model_config, config, dataset)
+                _save(last, model, optimizer, scheduler, sampler, state, model_config, config, dataset,
+                      average)
     bar.close()
     return best if best.exists() else last
 
 
 def load(checkpoint, *, device="cpu"):
-    """The trained model of a checkpoint (in evaluation mode), and the checkpoint's contents."""
+    """The trained model of a checkpoint (in evaluation mode, with the averaged parameters where
+    the run kept an average), and the checkpoint's contents."""
     checkpoint = torch.load(checkpoint, map_location=device, weights_only=False)
     V_fine, _ = load_space(checkpoint["dataset"])
     model = MultiscaleModel(ModelConfig(**checkpoint["model_config"]), V_fine)
     model = model.to(dtype=getattr(torch, checkpoint["train_config"]["dtype"]), device=device)
-    model.load_state_dict(checkpoint["model"])
+    model.load_state_dict(_evaluated(checkpoint))
     return model.eval(), checkpoint
 
 
-def _save(path, model, optimizer, scheduler, sampler, state, model_config, config, dataset):
+def _evaluated(checkpoint):
+    """A checkpoint's state dict with the averaged parameters, where it has them."""
+    return {**checkpoint["model"], **(checkpoint.get("average") or {})}
+
+
+@torch.no_grad()
+def _update_average(average, model, decay):
+    for name, p in model.named_parameters():
+        average[name].lerp_(p, 1.0 - decay)
+
+
+@contextmanager
+def _parameters(model, average):
+    """The model with the averaged parameters (when there is an average), restored on exit."""
+    if average is None:
+        yield
+        return
+    raw = {name: p.detach().clone() for name, p in model.named_parameters()}
+    model.load_state_dict(average, strict=False)
+    try:
+        yield
+    finally:
+        model.load_state_dict(raw, strict=False)
+
+
+def _save(path, model, optimizer, scheduler, sampler, state, model_config, config, dataset, average):
     """Write a checkpoint atomically: a crash mid-write leaves the previous one intact."""
-    checkpoint = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+    checkpoint = {"model": model.state_dict(), "average": average, "optimizer": optimizer.state_dict(),
                   "scheduler": scheduler.state_dict(), "state": dict(state),
                   "rng": {"sampler": sampler.get_state(), **_get_rng()},
                   "model_config": asdict(model_config), "train_config": asdict(config),

@@ -38,10 +38,6 @@ def tiny(**kwargs):
     return TrainConfig(**settings)
 
 
-def parameters(checkpoint):
-    return torch.load(checkpoint, weights_only=False)["model"]
-
-
 def test_recovers_a_known_linear_sde(tmp_path):
     r"""Independent Ornstein-Uhlenbeck processes :math:`du = -\lambda u\,dt + \sigma dW` on the
     nodes of a periodic P1 mesh, observed exactly every 0.01: the learned drift (no physics, no
@@ -74,18 +70,39 @@ def test_recovers_a_known_linear_sde(tmp_path):
 
 
 def test_resume_gives_the_uninterrupted_run(kdv, tmp_path):
+    """The same parameters, parameter average and log, whether interrupted or not."""
     config = ModelConfig("kdv", n_latent=2, width=16, features=4)
-    train(kdv, tmp_path / "once", config, tiny(), progress=False)
-    train(kdv, tmp_path / "twice", config, tiny(steps=3), progress=False)
+    train(kdv, tmp_path / "once", config, tiny(average=0.9), progress=False)
+    train(kdv, tmp_path / "twice", config, tiny(steps=3, average=0.9), progress=False)
     with open(tmp_path / "twice/log.csv", "a") as log:    # logged after the checkpoint, then stopped
         log.write("4,0,0,0,0,0,0,\n")
-    train(kdv, tmp_path / "twice", config, tiny(), resume=True, progress=False)
-    once, twice = parameters(tmp_path / "once/checkpoint.pt"), parameters(tmp_path / "twice/checkpoint.pt")
-    assert once.keys() == twice.keys()
-    assert all(torch.equal(once[k], twice[k]) for k in once)
+    train(kdv, tmp_path / "twice", config, tiny(average=0.9), resume=True, progress=False)
+    once, twice = (torch.load(tmp_path / run / "checkpoint.pt", weights_only=False)
+                   for run in ("once", "twice"))
+    for key in ("model", "average"):
+        assert once[key].keys() == twice[key].keys()
+        assert all(torch.equal(once[key][k], twice[key][k]) for k in once[key])
     logs = [np.genfromtxt(tmp_path / run / "log.csv", delimiter=",", names=True) for run in ("once", "twice")]
     assert np.array_equal(logs[0]["elbo"], logs[1]["elbo"]) and len(logs[0]) == 6
     assert np.all(np.diff(logs[1]["seconds"]) > 0)      # the whole training's time, across the resume
+
+
+def test_the_trained_model_is_the_parameter_average(kdv, tmp_path):
+    r"""With ``average`` :math:`a`, the average follows :math:`\bar\theta_k = d_k\bar\theta_{k-1} +
+    (1 - d_k)\theta_k`, :math:`d_k = \min(a, (1 + k)/(10 + k))`, and :func:`load` gives it."""
+    config = ModelConfig("kdv", n_latent=1, width=8, features=4)
+    checkpoints = []
+    for steps in (5, 6):
+        train(kdv, tmp_path / str(steps), config, tiny(steps=steps, average=0.3, validate_every=0,
+                                                       checkpoint_every=steps), progress=False)
+        checkpoints.append(torch.load(tmp_path / str(steps) / "checkpoint.pt", weights_only=False))
+    before, after = checkpoints
+    model, _ = load(tmp_path / "6/checkpoint.pt")
+    for name, p in model.named_parameters():
+        want = 0.3 * before["average"][name] + 0.7 * after["model"][name]
+        assert torch.allclose(after["average"][name], want, atol=1e-7)
+        assert torch.equal(p.detach(), after["average"][name])
+    assert not all(torch.equal(after["average"][k], after["model"][k]) for k in after["average"])
 
 
 def test_diverging_loss_stops_with_a_clear_error(kdv, tmp_path):
