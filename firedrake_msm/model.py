@@ -267,7 +267,7 @@ class Decoder(nn.Module):
     of :math:`y - Pu` from :math:`u`. Where the sub-grid field follows the geometry, a shared
     :math:`\psi(\delta)` cannot learn it: on the cylinder, :math:`|y - PRy|/|y|` is 0.088 and
     the local linear fit from :math:`u` alone leaves 0.0024 on the test snapshots, while the
-    shared field trained 1000 steps left 0.093.
+    shared field trained 1000 steps (with :math:`h`) left 0.082.
     """
 
     def __init__(self, transfer, n_latent, *, local=False, width=32, depth=2, std=0.02):
@@ -311,8 +311,7 @@ class Decoder(nn.Module):
         std_u = std_h = max(float(missed.pow(2).mean().sqrt()), floor)
         if self.field.local:
             S, c = u.shape[0], self.n_components
-            channels = torch.zeros(S, self.field.shape[1] // self.field.n_b, self.field.n_b, dtype=u.dtype,
-                                   device=u.device)
+            channels = torch.zeros(S, self.field.n_cols, self.field.n_b, dtype=u.dtype, device=u.device)
             channels[..., :c] = u.view(S, -1, c)
             self.field.fit(channels, missed.view(S, -1, c), ridge=ridge)
             explained = self.field(channels.flatten(-2)).flatten(-2)

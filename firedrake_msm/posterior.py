@@ -63,7 +63,7 @@ class StencilField(nn.Module):
             n_rows, n_cols = n_fine, n_coarse
         # The sparsity pattern is geometry: built once, sorted row-major so that every product
         # takes it as coalesced; only the values depend on the parameters.
-        self.n_b, self.n_rows = n_b, n_rows
+        self.n_b, self.n_rows, self.n_cols = n_b, n_rows, n_cols
         self.register_buffer("row_nodes", rows, persistent=False)
         self.register_buffer("col_nodes", cols, persistent=False)
         a = torch.arange(n_a).repeat_interleave(n_b)

@@ -259,6 +259,8 @@ def _evaluated(checkpoint):
     return {**checkpoint["model"], **(checkpoint.get("average") or {})}
 
 
+# Not torch.optim.swa_utils.AveragedModel: it deep-copies the module, and ours holds Firedrake
+# meshes, spaces and assembled operators. An average of the parameters is all that is needed.
 @torch.no_grad()
 def _update_average(average, model, decay):
     for name, p in model.named_parameters():
