@@ -5,11 +5,16 @@ observed space) and :math:`n_h` auxiliary channels on the coarse scalar nodes (`
 values, node-major). The encoder gives each snapshot's mean and log-variance; the smoother turns
 the ``M`` snapshots of a window into :math:`m(t), \log S(t)` and their exact time derivatives.
 """
+import warnings
+
 import torch
 from torch import nn
 from torch.nn.functional import softplus
 
 from firedrake_msm.transfer import coarse_stencil
+
+# The CSR pattern of a sampled product is built and consumed within one backward pass.
+warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta state", UserWarning)
 
 
 def mlp(n_in, n_out, width, depth, activation=nn.GELU):
@@ -64,7 +69,6 @@ class StencilField(nn.Module):
         # The sparsity pattern is geometry: built once, sorted row-major so that every product
         # takes it as coalesced; only the values depend on the parameters.
         self.n_b, self.n_rows, self.n_cols = n_b, n_rows, n_cols
-        self.register_buffer("row_nodes", rows, persistent=False)
         self.register_buffer("col_nodes", cols, persistent=False)
         a = torch.arange(n_a).repeat_interleave(n_b)
         b = torch.arange(n_b).repeat(n_a)
@@ -76,6 +80,8 @@ class StencilField(nn.Module):
         transpose_order = torch.argsort(indices[1] * self.shape[0] + indices[0])
         self.register_buffer("order", order, persistent=False)
         self.register_buffer("indices", indices, persistent=False)
+        self.register_buffer("crow_indices", torch.searchsorted(indices[0], torch.arange(self.shape[0] + 1)),
+                             persistent=False)
         self.register_buffer("transpose_order", order[transpose_order], persistent=False)
         self.register_buffer("transpose_indices", indices.flip(0)[:, transpose_order], persistent=False)
         self.register_buffer("weights", weights.reshape(-1), persistent=False)
@@ -131,14 +137,10 @@ class _StencilProduct(torch.autograd.Function):
 
     The values' gradient is a small matrix product per entry :math:`e` (row node :math:`r_e`,
     column node :math:`c_e`), :math:`\partial L/\partial a_{e,ab} = \sum_n \bar Y_{a r_e n}
-    X_{c_e b n}`: the entries of the dense :math:`\bar Y X^T` on the pattern. Up to
-    :attr:`dense_limit` entries it is formed by one GEMM (forward and backward of KdV's fields 2.9x
-    and 3.5x faster than with the products per entry, ``benchmarks/bench_stencil.py``). Above, it
-    would not fit (21536 x 16694 entries for the cylinder's encoder; ``torch.sparse.mm``'s own
-    backward forms it), and the products per entry run in chunks of columns.
+    X_{c_e b n}`: the entries of :math:`\bar Y X^T` on the pattern, which
+    ``torch.sparse.sampled_addmm`` computes without forming the rest (Burgers' decoder and
+    encoder 10x and 9.7x faster than the dense GEMM, ``benchmarks/bench_stencil.py``).
     """
-    dense_limit = 2 ** 24
-    chunk = 32
 
     @staticmethod
     def forward(ctx, values, field, X):
@@ -151,22 +153,26 @@ class _StencilProduct(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         values, X = ctx.saved_tensors
-        field, n = ctx.field, _StencilProduct.chunk
+        field = ctx.field
         grad = grad.contiguous()
         grad_values = grad_X = None
-        if ctx.needs_input_grad[0] and field.shape[0] * field.shape[1] <= _StencilProduct.dense_limit:
-            G = (grad @ X.T).view(field.n_a, field.n_rows, -1, field.n_b)
-            grad_values = G[:, field.row_nodes, field.col_nodes].transpose(0, 1)
-        elif ctx.needs_input_grad[0]:
-            Y = grad.view(field.n_a, field.n_rows, -1)
-            X = X.view(-1, field.n_b, X.shape[-1])
-            grad_values = sum(torch.einsum("ern,ebn->erb", Y[:, field.row_nodes, k:k + n].transpose(0, 1),
-                                           X[field.col_nodes, :, k:k + n])
-                              for k in range(0, X.shape[-1], n))
+        if ctx.needs_input_grad[0]:
+            grad_values = torch.empty_like(values).view(-1)
+            grad_values[field.order] = _sampled_product(field, grad, X)
+            grad_values = grad_values.view_as(values)
         if ctx.needs_input_grad[2]:
             transposed = values.reshape(-1)[field.transpose_order]
             grad_X = torch.sparse.mm(_coalesced(field.transpose_indices, transposed, field.shape[::-1]), grad)
         return grad_values, None, grad_X
+
+
+def _sampled_product(field, Y, X):
+    """The entries of ``Y @ X.T`` on the pattern of ``field``, in its row-major order: ``Y``
+    ``(n_a n_rows, n)``, ``X`` ``(n_cols n_b, n)``."""
+    nnz = field.indices.shape[1]
+    pattern = torch.sparse_csr_tensor(field.crow_indices, field.indices[1], Y.new_zeros(nnz), field.shape,
+                                      check_invariants=False)
+    return torch.sparse.sampled_addmm(pattern, Y, X.T, beta=0.0).values()
 
 
 def _coalesced(indices, values, shape):
