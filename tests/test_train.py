@@ -1,4 +1,6 @@
 """Training: recovery of a known SDE, exact resumption, divergence, forecasts."""
+import re
+
 import h5py
 import numpy as np
 import pytest
@@ -127,8 +129,10 @@ def test_forecast_is_seeded_and_writes_vtk(kdv, tmp_path):
     assert torch.equal(a.mean, b.mean) and a.mean.shape == (1, len(times), 100)
     assert a.z.shape == (1, 3, len(times), 20 + 20 * 2)
     assert torch.all(a.std[:, 1:] > 0)
-    write_vtk(tmp_path / "forecast.pvd", model, a, truth)
-    assert (tmp_path / "forecast.pvd").exists()
+    write_vtk(tmp_path / "forecast.pvd", model, a, truth, frames=3)
+    frames = re.findall(r'timestep="([^"]+)"', (tmp_path / "forecast.pvd").read_text())
+    expected = times[np.linspace(0, len(times) - 1, 3).round().astype(int)]
+    assert np.allclose([float(t) for t in frames], expected, rtol=0, atol=1e-12)
 
 
 def test_command_line_trains_and_forecasts(kdv, tmp_path, capsys):
