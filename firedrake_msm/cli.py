@@ -29,6 +29,8 @@ def main(argv=None):
     train.add_argument("--flux", choices=("dissipative", "free"), default="dissipative",
                        help="the closure's flux (default: dissipative, an eddy diffusivity)")
     train.add_argument("--coarse", help="coarse mesh resolution (default: the problem's)")
+    train.add_argument("--local-decoder", action="store_true",
+                       help="decoder weights free per stencil entry (for sub-grid fields tied to the geometry)")
     train.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint")
     train.add_argument("--warm-start", type=Path, help="initialise from another run's checkpoint")
     from firedrake_msm.train import TrainConfig
@@ -85,7 +87,7 @@ def _train(parser, args):
         problem = f["msm"].attrs["problem"]
     coarse = int(args.coarse) if args.coarse and args.coarse.isdigit() else args.coarse
     model = ModelConfig(problem, coarse=coarse, n_latent=args.n_latent, physics=not args.no_physics,
-                        flux=args.flux)
+                        flux=args.flux, local_decoder=args.local_decoder)
     config = TrainConfig(**{name: getattr(args, name) for name in vars(TrainConfig())})
     output = args.output or Path("runs") / f"{problem}-n{args.n_latent}"
     start = time.perf_counter()

@@ -238,10 +238,12 @@ def _training_seconds(run):
 
 
 def _protocol(checkpoint):
-    """How a checkpoint was trained: its step, the training data noise, the run's step budget."""
+    """How a checkpoint was trained: its step, the training data noise, the run's step budget and
+    the decay of its parameter average (0: none; a run resumed with one has it since the resume)."""
     saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    return {"step": saved["state"]["step"], "steps": saved["train_config"]["steps"],
-            "noise_std": saved["train_config"]["noise_std"]}
+    config = saved["train_config"]
+    return {"step": saved["state"]["step"], "steps": config["steps"], "noise_std": config["noise_std"],
+            "average": config.get("average", 0.0)}
 
 
 def _summary(case, dataset, fine, results, training, protocol, fine_cost, times, truth):

@@ -290,7 +290,7 @@ class Decoder(nn.Module):
                                   softplus(self.raw_std_h) ** 2)
 
     @torch.no_grad()
-    def calibrate(self, u, fine, *, ridge=1e-2):
+    def calibrate(self, u, fine, *, h=None, ridge=1e-2):
         """Set each expert's standard deviation to the size of what its own mean misses, from
         coarse states ``u`` ``(S, N_u)`` (the restricted data) and fine snapshots ``(S, N_h)``:
         :math:`s_u` from :math:`y - Pu`, and :math:`s_h` from what the least-squares fit of the
@@ -303,7 +303,10 @@ class Decoder(nn.Module):
         exact fit amplifies what a forecast's state has off it. On the cylinder, decoding a
         coarse DNS from the test's first snapshot, 0.5 time units on (coarse-space error 0.10):
         ridge 1e-6 fits the test snapshots to 0.002 but decodes the run to 0.27; 1e-2 fits to
-        0.013 and decodes to 0.11, as the prolongation alone does (0.097)."""
+        0.013 and decodes to 0.11, as the prolongation alone does (0.097).
+
+        ``h`` ``(S, N_H, n_h)``: auxiliary states to fit the local weights on as well (a trained
+        encoder's); without them their weights start at zero."""
         missed = fine - self.transfer.prolong(u)
         # Floored: when the coarse space misses nothing (same meshes, no filter) the experts
         # still need a width the optimiser can move.
@@ -313,6 +316,8 @@ class Decoder(nn.Module):
             S, c = u.shape[0], self.n_components
             channels = torch.zeros(S, self.field.n_cols, self.field.n_b, dtype=u.dtype, device=u.device)
             channels[..., :c] = u.view(S, -1, c)
+            if h is not None:
+                channels[..., c:] = h
             self.field.fit(channels, missed.view(S, -1, c), ridge=ridge)
             explained = self.field(channels.flatten(-2)).flatten(-2)
             std_h = max(float((missed - explained).pow(2).mean().sqrt()), floor)
@@ -414,6 +419,15 @@ class MultiscaleModel(nn.Module):
         mean, _ = self.encode(fine)
         self.sde.calibrate(mean)
         self.decoder.calibrate(self.transfer.restrict(fine), fine)
+
+    @torch.no_grad()
+    def calibrate_decoder(self, fine):
+        """Fit the decoder to a trained encoder, from fine snapshots ``(B, N_h)``: its standard
+        deviations, and local weights from the encoded :math:`(u, h)` (:meth:`Decoder.calibrate`).
+        For a model warm-started with another kind of decoder."""
+        mean, _ = self.encode(fine)
+        h = self.sde.channels(mean)[..., self.decoder.n_components:]
+        self.decoder.calibrate(self.transfer.restrict(fine), fine, h=h)
 
     def decode(self, z):
         """PoE mean ``(..., N_h)`` and variance of the fine field at states ``z`` ``(..., D)``."""

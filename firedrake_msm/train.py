@@ -146,7 +146,9 @@ def train(dataset, folder, model_config, config=TrainConfig(), *, resume=False, 
         never interrupted.
     warm_start : str or pathlib.Path, optional
         A checkpoint whose matching parameters initialise the model (e.g. a model with fewer
-        auxiliary channels, as the reference grows :math:`n_h` in stages).
+        auxiliary channels, as the reference grows :math:`n_h` in stages). A decoder of another
+        kind (local weights after a shared field) is fitted to the warm-started encoder
+        (:meth:`~firedrake_msm.model.MultiscaleModel.calibrate_decoder`).
     progress, position : bool, int
         Show a progress bar, on this line (for runs side by side).
 
@@ -188,7 +190,9 @@ def train(dataset, folder, model_config, config=TrainConfig(), *, resume=False, 
         _truncate_log(folder / "log.csv", state["step"])
     else:
         if warm_start is not None:
-            _load_matching(model, _evaluated(torch.load(warm_start, weights_only=False)))
+            missing = _load_matching(model, _evaluated(torch.load(warm_start, weights_only=False)))
+            if "decoder.field.values" in missing:          # local weights after a shared field
+                model.calibrate_decoder(_sample_snapshots(windows, config))
         else:
             model.calibrate(_sample_snapshots(windows, config))
         _truncate_log(folder / "log.csv")
@@ -328,10 +332,13 @@ def _sample_snapshots(windows, config, n_windows=16):
 
 
 def _load_matching(model, state_dict):
-    """Copy the parameters whose names and shapes match; the rest keep their initial values."""
+    """Copy the parameters whose names and shapes match; the rest keep their initial values.
+    Returns the names of the rest."""
     own = model.state_dict()
-    own.update({k: v for k, v in state_dict.items() if k in own and own[k].shape == v.shape})
+    matching = {k: v for k, v in state_dict.items() if k in own and own[k].shape == v.shape}
+    own.update(matching)
     model.load_state_dict(own)
+    return [k for k in own if k not in matching]
 
 
 def _truncate_log(path, step=0):

@@ -162,3 +162,32 @@ def test_local_decoder_starts_at_the_fit_of_what_the_coarse_state_determines():
         mean, _ = decoder(u, channels)
     assert (torch.linalg.norm(y - transfer.prolong(u)) / torch.linalg.norm(y)) > 0.1
     assert torch.linalg.norm(mean - y) / torch.linalg.norm(y) < 1e-6
+
+
+def test_local_decoder_fits_what_only_the_auxiliary_state_knows():
+    """Fine fields a f + c g with g invisible to the restriction (R g = 0): u = a R f cannot tell
+    c, the auxiliary state h = c can. Calibrated with h, the local decoder reproduces new fields;
+    without, it misses the g part."""
+    torch.manual_seed(0)
+    V_fine = VectorFunctionSpace(UnitSquareMesh(8, 8), "CG", 2)
+    V_coarse = VectorFunctionSpace(UnitSquareMesh(4, 4), "CG", 1)
+    transfer = Transfer(V_fine, V_coarse)
+    R = transfer.restrict(torch.eye(V_fine.dim(), dtype=F64)).T                     # (N_u, N_h)
+    f, g = torch.randn(2, V_fine.dim(), dtype=F64)
+    g = g - torch.linalg.pinv(R) @ (R @ g)
+    assert torch.linalg.norm(R @ g) < 1e-10 * torch.linalg.norm(g)
+
+    def sample(n):
+        a, c = torch.randn(2, n, 1, dtype=F64)
+        y = a * f + c * g
+        return y, transfer.restrict(y), c[:, None].expand(n, V_coarse.dim() // 2, 1)
+
+    y, u, h = sample(30)
+    new, u_new, h_new = sample(5)
+    for given, tolerance in ((h, 1e-6), (None, None)):
+        decoder = Decoder(transfer, n_latent=1, local=True).double()
+        decoder.calibrate(u, y, h=given, ridge=1e-12)
+        with torch.no_grad():
+            mean, _ = decoder(u_new, torch.cat([u_new.view(5, -1, 2), h_new], dim=-1))
+        error = torch.linalg.norm(mean - new) / torch.linalg.norm(new)
+        assert error < tolerance if given is not None else error > 0.01

@@ -135,6 +135,21 @@ def test_forecast_is_seeded_and_writes_vtk(kdv, tmp_path):
     assert np.allclose([float(t) for t in frames], expected, rtol=0, atol=1e-12)
 
 
+def test_a_local_decoder_warm_started_from_a_shared_one_is_fitted_to_the_trained_encoder(kdv, tmp_path):
+    """Warm start (no optimiser step: zero learning rate) of a local-decoder model from a
+    shared-decoder run: the encoder is the run's, and the decoder's local weights are fitted to
+    the encoded state, the auxiliary channel included."""
+    shared = train(kdv, tmp_path / "shared", ModelConfig("kdv", n_latent=1), tiny(steps=2, validate_every=0),
+                   progress=False)
+    local = train(kdv, tmp_path / "local", ModelConfig("kdv", n_latent=1, local_decoder=True),
+                  tiny(steps=1, lr=0.0, validate_every=0), warm_start=shared, progress=False)
+    (before, _), (after, _) = load(shared), load(local)
+    for p, q in zip(before.encoder.parameters(), after.encoder.parameters()):
+        assert torch.equal(p, q)
+    values = after.decoder.field.values                                            # (E, 1, 1 + n_h)
+    assert values[..., 0].abs().max() > 0 and values[..., 1].abs().max() > 0
+
+
 def test_command_line_trains_and_forecasts(kdv, tmp_path, capsys):
     from firedrake_msm.cli import main
     run = tmp_path / "run"
