@@ -30,7 +30,7 @@ def main(argv=None):
                        help="the closure's flux (default: dissipative, an eddy diffusivity)")
     train.add_argument("--coarse", help="coarse mesh resolution (default: the problem's)")
     train.add_argument("--local-decoder", action="store_true",
-                       help="decoder weights free per stencil entry (for sub-grid fields tied to the geometry)")
+                       help="decoder weights free per stencil entry (sub-grid fields tied to the geometry)")
     train.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint")
     train.add_argument("--warm-start", type=Path, help="initialise from another run's checkpoint")
     from firedrake_msm.train import TrainConfig
