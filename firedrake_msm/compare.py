@@ -50,10 +50,11 @@ REFERENCE = {"pulse": {"coarse_dns": 1.381, "implicit_scale": 0.565, "multiscale
 # Burgers' fine mesh is 64², not 128²: 30 trajectories at 128² would be 4 GB and about 3 s a
 # training step here. Its table's models continued from the shared decoder's best with local
 # decoders fitted to the trained encoder (train's warm start; the commands are in the README):
-# test errors 0.141 -> 0.109 (multiscale) and 0.198 -> 0.133 (implicit-scale). A cylinder window is 64 snapshots of 16 694 fine dofs and each residual
-# sample 3888 quadrature points: 2 windows and 8 residual times a step (16x fewer samples) keep a
-# step near 3 s on a CPU. The cylinder's decoder has weights per stencil entry: its boundary layer
-# is tied to the geometry (model.Decoder).
+# test errors 0.141 -> 0.109 (multiscale) and 0.198 -> 0.133 (implicit-scale).
+# A cylinder window is 64 snapshots of 16 694 fine dofs and each residual sample 3888 quadrature
+# points: 2 windows and 8 residual times a step (16x fewer samples) keep a step near 2 s on a CPU.
+# The cylinder's decoder has weights per stencil entry: its boundary layer is tied to the geometry
+# (model.Decoder).
 PROTOCOL = {"pulse": {"model": {"flux": "free"}, "train": {"noise_std": 0.01, "average": 0.999}},
             "kdv": {"model": {"flux": "free"}, "train": {"noise_std": 0.01, "average": 0.999}},
             "burgers2d": {"dns": {"resolution": 64}},
