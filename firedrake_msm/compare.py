@@ -243,12 +243,14 @@ def _training_seconds(run):
 
 
 def _protocol(checkpoint):
-    """How a checkpoint was trained: its step, the training data noise, the run's step budget and
-    the decay of its parameter average (0: none; a run resumed with one has it since the resume)."""
+    """How a checkpoint was trained: its step, the training data noise, the run's step budget, the
+    decay of its parameter average (0: none; a run resumed with one has it since the resume) and
+    whether its decoder is local."""
     saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
     config = saved["train_config"]
     return {"step": saved["state"]["step"], "steps": config["steps"], "noise_std": config["noise_std"],
-            "average": config.get("average", 0.0)}
+            "average": config.get("average", 0.0),
+            "local_decoder": saved["model_config"].get("local_decoder", False)}
 
 
 def _summary(case, dataset, fine, results, training, protocol, fine_cost, times, truth):

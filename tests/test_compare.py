@@ -23,7 +23,7 @@ def test_compare_writes_tables_plots_and_vtk(tmp_path, monkeypatch, capsys, case
     assert summary["fine"] == {"resolution": 100, "trajectories": 4, "dt": 0.01}
     training = summary["methods"]["multiscale"]["training"]
     assert training["step"] in (2, 4) and training["steps"] == 4 and training["noise_std"] == 0.0
-    assert training["average"] == 0.0
+    assert training["average"] == 0.0 and training["local_decoder"] is False
     for name in ("table.md", "table.csv", "errors.png", "snapshots.png", "spectra.png", "multiscale.pvd"):
         assert (out / name).stat().st_size > 0
     assert "multiscale" in capsys.readouterr().out
