@@ -139,7 +139,7 @@ class _StencilProduct(torch.autograd.Function):
     column node :math:`c_e`), :math:`\partial L/\partial a_{e,ab} = \sum_n \bar Y_{a r_e n}
     X_{c_e b n}`: the entries of :math:`\bar Y X^T` on the pattern, which
     ``torch.sparse.sampled_addmm`` computes without forming the rest (Burgers' decoder and
-    encoder 8.2x and 7.2x faster than the dense GEMM, ``benchmarks/bench_stencil.py``).
+    encoder 8-12x and 7-9x faster than the dense GEMM, ``benchmarks/bench_stencil.py``).
     """
 
     @staticmethod
