@@ -29,8 +29,6 @@ def main(argv=None):
     train.add_argument("--flux", choices=("dissipative", "free"), default="dissipative",
                        help="the closure's flux (default: dissipative, an eddy diffusivity)")
     train.add_argument("--coarse", help="coarse mesh resolution (default: the problem's)")
-    train.add_argument("--conservative", action="store_true",
-                       help="the closure of u is a flux only, without a source")
     train.add_argument("--local-decoder", action="store_true",
                        help="decoder weights free per stencil entry (sub-grid fields tied to the geometry)")
     train.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint")
@@ -89,7 +87,7 @@ def _train(parser, args):
         problem = f["msm"].attrs["problem"]
     coarse = int(args.coarse) if args.coarse and args.coarse.isdigit() else args.coarse
     model = ModelConfig(problem, coarse=coarse, n_latent=args.n_latent, physics=not args.no_physics,
-                        flux=args.flux, conservative=args.conservative, local_decoder=args.local_decoder)
+                        flux=args.flux, local_decoder=args.local_decoder)
     config = TrainConfig(**{name: getattr(args, name) for name in vars(TrainConfig())})
     output = args.output or Path("runs") / f"{problem}-n{args.n_latent}"
     start = time.perf_counter()

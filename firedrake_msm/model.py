@@ -93,14 +93,9 @@ class NeuralWeakForm(nn.Module):
         :math:`\nu_0`, in units of length² per time (dissipative flux).
     degree : int, optional
         The quadrature degree (default: twice the element's).
-    conservative : int
-        The number of leading channels without a source: their residual is the divergence of the
-        flux alone, so it changes no integral of them (on a periodic domain, or where the test
-        functions vanish on the boundary).
     """
 
-    def __init__(self, V, channels, *, flux="dissipative", width=64, depth=2, diffusivity=1e-3, degree=None,
-                 conservative=0):
+    def __init__(self, V, channels, *, flux="dissipative", width=64, depth=2, diffusivity=1e-3, degree=None):
         super().__init__()
         if flux not in ("dissipative", "free"):
             raise ValueError(f"flux must be 'dissipative' or 'free', not {flux!r}")
@@ -117,8 +112,6 @@ class NeuralWeakForm(nn.Module):
         self.register_buffer("tables_t", to_torch_sparse(tables.T.tocsr()), persistent=False)
         self.register_buffer("weights", torch.as_tensor(np.tile(weights, 1 + self.gdim)), persistent=False)
         self.register_buffer("scale", torch.ones(channels * (1 + self.gdim)))
-        self.register_buffer("sources", (torch.arange(channels) >= conservative).to(torch.float64),
-                             persistent=False)
         self.channels, self.flux, self.diffusivity = channels, flux, diffusivity
         outputs = (2 if flux == "dissipative" else 1 + self.gdim) * channels
         self.net = mlp(channels * (1 + self.gdim), outputs, width, depth)
@@ -133,7 +126,7 @@ class NeuralWeakForm(nn.Module):
         B, N, C = X.shape
         xi = self.at_points(X).unflatten(-1, (1 + self.gdim, C))                      # (B, Q, 1+d, C)
         out = self.net(xi.flatten(-2) / self.scale)
-        source = out[..., :C] * self.sources                                           # (B, Q, C)
+        source = out[..., :C]                                                          # (B, Q, C)
         if self.flux == "dissipative":
             flux = -self.diffusivity * softplus(out[..., C:])[:, :, None] * xi[:, :, 1:]  # (B, Q, d, C)
         else:
@@ -164,9 +157,6 @@ class MultiscaleSDE(nn.Module):
         :math:`h = 0` on the nodes where every component of :math:`u` is held.
     flux : str
         The closure's flux, ``"dissipative"`` or ``"free"`` (:class:`NeuralWeakForm`).
-    conservative : bool
-        The closure of :math:`u` is the divergence of a learned sub-grid flux, without a source:
-        it conserves what the physics conserves, as the filtered conservation law's does.
     width, depth : int
         The weak-form network's size.
     noise : float
@@ -177,8 +167,8 @@ class MultiscaleSDE(nn.Module):
     """
     noise_type, sde_type = "additive", "ito"
 
-    def __init__(self, V, n_latent=5, *, physics=None, fixed_dofs=(), flux="dissipative", conservative=False,
-                 width=64, depth=2, noise=1e-2, damping=50.0):
+    def __init__(self, V, n_latent=5, *, physics=None, fixed_dofs=(), flux="dissipative", width=64, depth=2,
+                 noise=1e-2, damping=50.0):
         super().__init__()
         Vs = scalar_space(V)
         self.n_nodes, self.n_components, self.n_latent = Vs.dim(), V.block_size, n_latent
@@ -186,8 +176,7 @@ class MultiscaleSDE(nn.Module):
         self.size = self.n_u + self.n_nodes * n_latent
         channels = self.n_components + n_latent
         self.physics = physics
-        self.closure = NeuralWeakForm(Vs, channels, flux=flux, width=width, depth=depth,
-                                      conservative=self.n_components if conservative else 0)
+        self.closure = NeuralWeakForm(Vs, channels, flux=flux, width=width, depth=depth)
         self.mass = MassOperator(Vs)
         lumped = MassOperator(Vs, "lumped").diag.numpy()       # HRZ: positive for any degree
         spread = np.sqrt(lumped.mean() / lumped)
@@ -354,8 +343,6 @@ class ModelConfig:
     flux : str
         The closure's flux: ``"dissipative"`` (a learned eddy diffusivity, stable by
         construction) or ``"free"`` (any function of the channels and their gradients).
-    conservative : bool
-        No source in the closure of :math:`u`, only a flux (:class:`MultiscaleSDE`).
     filter_width : float
         Helmholtz filter width of the restriction in units of the local coarse cell size
         :math:`\Delta = |K|^{1/d}` (:func:`~firedrake_msm.closures.filter_width`); 0.41 matches the
@@ -377,7 +364,6 @@ class ModelConfig:
     n_latent: int = 5
     physics: bool = True
     flux: str = "dissipative"
-    conservative: bool = False
     filter_width: float = 0.41
     local_decoder: bool = False
     width: int = 64
@@ -416,8 +402,7 @@ class MultiscaleModel(nn.Module):
         self.smoother = GaussianProcessSmoother(self.V.block_size + config.n_latent)
         self.sde = MultiscaleSDE(self.V, config.n_latent, physics=physics,
                                  fixed_dofs=fixed[fixed < self.V.dim()], width=config.width,
-                                 flux=config.flux, conservative=config.conservative, depth=config.depth,
-                                 damping=config.damping)
+                                 flux=config.flux, depth=config.depth, damping=config.damping)
         self.decoder = Decoder(self.transfer, config.n_latent, local=config.local_decoder)
 
     def encode(self, fine):
