@@ -44,9 +44,10 @@ REFERENCE = {"pulse": {"coarse_dns": 1.381, "implicit_scale": 0.565, "multiscale
 # The pulse's table was measured at KdV's data noise, 0.01. KdV's data noise is the reference's.
 # The 1D cases average their parameters. Without the average the pulse's validation error swung
 # between 0.35 and 0.80 over steps 1500-9000; with it, 0.25-0.36 over steps 3000-6000, and its best
-# (step 4000) forecasts the test set to 0.197, against 0.234. KdV's, resumed with the average from
-# step 12 000, fell at every validation, 0.0585 to 0.0479 by step 20 000 (without: 0.062-0.075
-# over steps 9000-12 000), and forecasts the test set to 0.038 against 0.053.
+# (step 4000) forecasts the test set to 0.197, against 0.234 (both stepped at 0.001). KdV's,
+# resumed with the average from step 12 000, fell at every validation, 0.0585 to 0.0479 by step
+# 20 000 (without: 0.062-0.075 over steps 9000-12 000), and forecasts the test set to 0.038
+# against 0.053.
 # Burgers' fine mesh is 64², not 128²: 30 trajectories at 128² would be 4 GB and about 3 s a
 # training step here. Its table's models continued from the shared decoder's best with local
 # decoders fitted to the trained encoder (train's warm start; the commands are in the README), the

