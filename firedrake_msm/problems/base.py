@@ -33,7 +33,8 @@ class Problem:
     # states to 2e-15.
     lu = "mumps"
     # The step of the learned SDE's explicit forecasts on the coarse mesh (None: the output
-    # interval dt), where the coarse cells need a shorter one than dt.
+    # interval dt), where the output interval is too long for the learned model: unstable on the
+    # cylinder's small cells, not converged on the pulse.
     forecast_dt = None
 
     def mesh(self, resolution, comm):
