@@ -74,7 +74,10 @@ def forecast(model, initial, times, *, samples=64, dt=None, seed=0, method="srk"
     bm = torchsde.BrownianInterval(t0=float(ts[0]), t1=float(ts[-1]), size=z0.shape, dtype=param.dtype,
                                    device=param.device, entropy=seed,
                                    levy_area_approximation="space-time" if method == "srk" else "none")
-    z = torchsde.sdeint(model.sde, z0, ts, bm=bm, dt=dt, method=method)              # (T, n S, D)
+    # torchsde's shape check draws from the global generator: forked, a forecast (a validation
+    # during training, say) leaves the caller's random stream as it was.
+    with torch.random.fork_rng(devices=[param.device] if param.device.type == "cuda" else []):
+        z = torchsde.sdeint(model.sde, z0, ts, bm=bm, dt=dt, method=method)          # (T, n S, D)
     z = z.view(len(times), n, S, -1).permute(1, 2, 0, 3)
     # One time at a time: the whole decoded ensemble would not fit in memory on a fine mesh.
     means, spreads, scores = [], [], []

@@ -50,3 +50,4 @@ def test_settings_follow_the_protocol_and_its_departures():
     assert (cylinder.batch_size, cylinder.residual_times) == (2, 8)
     assert Settings.for_case("cylinder").model == {"local_decoder": True}
     assert Settings.for_case("pulse").train.average == kdv.average == 0.999 and burgers.average == 0.0
+    assert Settings.for_case("pulse").train.validate_every == 250 and kdv.validate_every == 1000

@@ -89,6 +89,17 @@ def test_resume_gives_the_uninterrupted_run(kdv, tmp_path):
     assert np.all(np.diff(logs[1]["seconds"]) > 0)      # the whole training's time, across the resume
 
 
+def test_validation_does_not_change_what_is_trained(kdv, tmp_path):
+    """Validation forecasts leave the training's random stream alone: validated every step or
+    never, a run trains the same parameters."""
+    config = ModelConfig("kdv", n_latent=1, width=8, features=4)
+    for every in (0, 1):
+        train(kdv, tmp_path / str(every), config, tiny(steps=4, validate_every=every), progress=False)
+    never, always = (torch.load(tmp_path / str(every) / "checkpoint.pt", weights_only=False)["model"]
+                     for every in (0, 1))
+    assert all(torch.equal(never[k], always[k]) for k in never)
+
+
 def test_the_trained_model_is_the_parameter_average(kdv, tmp_path):
     r"""With ``average`` :math:`a`, the average follows :math:`\bar\theta_k = d_k\bar\theta_{k-1} +
     (1 - d_k)\theta_k`, :math:`d_k = \min(a, (1 + k)/(10 + k))`, and :func:`load` gives it."""
