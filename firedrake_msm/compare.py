@@ -57,8 +57,9 @@ REFERENCE = {"pulse": {"coarse_dns": 1.381, "implicit_scale": 0.565, "multiscale
 # points: 2 windows and 8 residual times a step (16x fewer samples) keep a step near 2 s on a CPU.
 # The cylinder's decoder has weights per stencil entry: its boundary layer is tied to the geometry
 # (model.Decoder).
-# The pulse's validation error swings from one checkpoint to the next (0.19, 0.25, 0.29 at steps
-# 3500, 4000, 4250): it validates every 250 steps, not 1000, to keep the best of more of them.
+# The pulse's validation error swings from one checkpoint to the next (0.191, 0.208, 0.255, 0.291
+# at steps 3250-4000 of the table's run): it validates every 250 steps, not 1000, to keep the best
+# of more of them.
 PROTOCOL = {"pulse": {"model": {"flux": "free"},
                       "train": {"noise_std": 0.01, "average": 0.999, "validate_every": 250}},
             "kdv": {"model": {"flux": "free"}, "train": {"noise_std": 0.01, "average": 0.999}},
