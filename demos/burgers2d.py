@@ -30,7 +30,7 @@ from firedrake import COMM_SELF, Function, TestFunction
 from firedrake.pyplot import tripcolor
 from matplotlib.figure import Figure
 
-from firedrake_msm.closures import CoarseSolver, filter_width
+from firedrake_msm.baselines import CoarseSolver
 from firedrake_msm.compare import Settings
 from firedrake_msm.data import load_space, load_trajectories, splits
 from firedrake_msm.dns import simulate
@@ -39,7 +39,7 @@ from firedrake_msm.metrics import relative_l2, summary
 from firedrake_msm.model import ModelConfig
 from firedrake_msm.problems import Burgers2D
 from firedrake_msm.train import load, train
-from firedrake_msm.transfer import Transfer
+from firedrake_msm.transfer import Transfer, cell_width
 
 parser = argparse.ArgumentParser(description="2D viscous Burgers, step by step.")
 parser.add_argument("--fast", action="store_true", help="tiny sizes, for tests only")
@@ -77,7 +77,7 @@ print(f"fine data: {V_h.dim()} dofs; test: {truth.shape[0]} trajectories x {len(
 # (interpolation). The filter width is :math:`0.41\Delta`, :math:`\Delta = |K|^{1/2}` the side of a
 # square of the cell's area, as the model computes it.
 config = ModelConfig("burgers2d", n_latent=settings.n_latent, **settings.model)
-transfer = Transfer(V_h, V_H, filter_width=config.filter_width * filter_width(mesh_H))
+transfer = Transfer(V_h, V_H, filter_width=config.filter_width * cell_width(mesh_H))
 y0 = torch.as_tensor(truth[:, 0])
 u0 = transfer.restrict(y0)
 print(f"lost on the coarse mesh at t0: |y - PRy| / |y| = {relative_l2(y0, transfer.prolong(u0)).mean():.3f}")

@@ -36,7 +36,7 @@ from firedrake import COMM_SELF, Function, FunctionSpace, inner, sqrt
 from firedrake.pyplot import tripcolor
 from matplotlib.figure import Figure
 
-from firedrake_msm.closures import CoarseSolver, filter_width
+from firedrake_msm.baselines import CoarseSolver
 from firedrake_msm.compare import Settings
 from firedrake_msm.data import load_space, load_trajectories, splits
 from firedrake_msm.dns import simulate
@@ -45,7 +45,7 @@ from firedrake_msm.metrics import relative_l2, summary
 from firedrake_msm.model import ModelConfig
 from firedrake_msm.problems import Cylinder
 from firedrake_msm.train import load, train
-from firedrake_msm.transfer import Transfer
+from firedrake_msm.transfer import Transfer, cell_width
 
 
 parser = argparse.ArgumentParser(description="The cylinder wake, step by step.")
@@ -92,7 +92,7 @@ print(f"fine data: {V_h.dim()} velocity dofs; test: {len(times)} times")
 # cells near the cylinder are a thousandth of the mean's area) and prolongation :math:`P`
 # (interpolation). The meshes are not nested; :math:`P` interpolates anyway.
 config = ModelConfig("cylinder", n_latent=settings.n_latent, **settings.model)
-transfer = Transfer(V_h, V_H, filter_width=config.filter_width * filter_width(mesh_H))
+transfer = Transfer(V_h, V_H, filter_width=config.filter_width * cell_width(mesh_H))
 y0 = torch.as_tensor(truth[:, 0])
 u0 = transfer.restrict(y0)
 print(f"lost on the coarse mesh at t0: |y - PRy| / |y| = {relative_l2(y0, transfer.prolong(u0)).mean():.3f}")

@@ -34,7 +34,7 @@ from firedrake import COMM_SELF, Function, SpatialCoordinate, TestFunction
 from matplotlib.figure import Figure
 
 from firedrake_msm.bridge import PhysicsDrift
-from firedrake_msm.closures import CoarseSolver
+from firedrake_msm.baselines import CoarseSolver
 from firedrake_msm.compare import Settings
 from firedrake_msm.data import load_space, load_trajectories, splits
 from firedrake_msm.dns import simulate

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from firedrake import COMM_SELF, TestFunction, TrialFunction, assemble, dx, inner
 
-from firedrake_msm.closures import CoarseSolver
+from firedrake_msm.baselines import CoarseSolver
 from firedrake_msm.data import load_trajectories, splits
 from firedrake_msm.dns import simulate
 from firedrake_msm.forecast import forecast, write_vtk

@@ -48,11 +48,11 @@ from torch.nn.functional import softplus
 
 from firedrake_msm.bridge import PhysicsDrift
 from firedrake_msm.bridge.mass import MassOperator, bc_dofs, to_torch_sparse
-from firedrake_msm.closures import filter_width
-from firedrake_msm.elbo import product_of_experts
-from firedrake_msm.posterior import Encoder, GaussianProcessSmoother, StencilField, inverse_softplus, mlp
+from firedrake_msm.decoder import Decoder
+from firedrake_msm.networks import inverse_softplus, mlp
+from firedrake_msm.posterior import Encoder, GaussianProcessSmoother
 from firedrake_msm.problems import PROBLEMS
-from firedrake_msm.transfer import Transfer, coarse_stencil, scalar_space, scipy_matrix
+from firedrake_msm.transfer import Transfer, cell_width, scalar_space, scipy_matrix
 
 
 class NeuralWeakForm(nn.Module):
@@ -246,86 +246,6 @@ class MultiscaleSDE(nn.Module):
         self.closure.scale.copy_(scale)
 
 
-class Decoder(nn.Module):
-    r"""The product-of-experts observation model on the fine mesh.
-
-    Macro expert :math:`N(y; Pu, s_u^2)`, micro expert :math:`N(y; Pu + D_\theta(u, h), s_h^2)`,
-    with the local neural field
-
-    .. math:: D_\theta(u, h)(x_j) = \sum_{i \in K(x_j)} \phi_i(x_j)\sum_c \psi_c(\delta_{ij})\,z_{ic},
-              \qquad z_i = (u_i, h_i),
-
-    over the nodes :math:`i` of the coarse cell :math:`K` containing :math:`x_j`
-    (:class:`~firedrake_msm.posterior.StencilField`): a learned sub-cell basis that the state
-    weighs. With :math:`n_h = 0` it still sharpens what :math:`u` alone determines. The normalised
-    product (:func:`~firedrake_msm.elbo.product_of_experts`) has variance :math:`V` and mean
-    :math:`Pu + (V/s_h^2) D_\theta`. The standard deviations are learned constants (softplus,
-    initially ``std``; :meth:`calibrate` sets them from data).
-
-    With ``local=True`` the weights are free per stencil entry, :math:`D_\theta(u, h)(x_j) =
-    \sum_{i \in K(x_j)} W_{ji} z_i`, and :meth:`calibrate` starts them at the least-squares fit
-    of :math:`y - Pu` from :math:`u`. Where the sub-grid field follows the geometry, a shared
-    :math:`\psi(\delta)` cannot learn it: on the cylinder, :math:`|y - PRy|/|y|` is 0.088 and
-    the local linear fit from :math:`u` alone leaves 0.0024 on the test snapshots, while the
-    shared field trained 1000 steps (with :math:`h`) left 0.082.
-    """
-
-    def __init__(self, transfer, n_latent, *, local=False, width=32, depth=2, std=0.02):
-        super().__init__()
-        self.transfer = transfer
-        self.n_components = transfer.V_fine.block_size
-        stencil = coarse_stencil(transfer.V_fine, transfer.V_coarse)
-        self.field = StencilField(stencil, self.n_components, self.n_components + n_latent, local=local,
-                                  width=width, depth=depth)
-        raw = inverse_softplus(std)
-        self.raw_std_u = nn.Parameter(torch.tensor(raw))
-        self.raw_std_h = nn.Parameter(torch.tensor(raw))
-
-    def forward(self, u, channels):
-        """``u``: ``(..., N_u)``, ``channels``: ``(..., N_H, c + n_h)``; returns the mean
-        ``(..., N_h)`` and the variance (a scalar tensor)."""
-        macro = self.transfer.prolong(u.reshape(-1, u.shape[-1])).view(*u.shape[:-1], -1)
-        correction = self.field(channels.flatten(-2)).flatten(-2)
-        return product_of_experts(macro, softplus(self.raw_std_u) ** 2, correction,
-                                  softplus(self.raw_std_h) ** 2)
-
-    @torch.no_grad()
-    def calibrate(self, u, fine, *, h=None, ridge=1e-2):
-        """Set each expert's standard deviation to the size of what its own mean misses, from
-        coarse states ``u`` ``(S, N_u)`` (the restricted data) and fine snapshots ``(S, N_h)``:
-        :math:`s_u` from :math:`y - Pu`, and :math:`s_h` from what the least-squares fit of the
-        local weights leaves of it (from their initial 0.02, the optimiser would take thousands of
-        steps to get there). The fitted correction is scaled by :math:`(s_u^2 + s_h^2)/s_u^2`,
-        so that the product's mean starts at :math:`Pu` plus the fit.
-
-        The fit's ``ridge`` (:meth:`~firedrake_msm.posterior.StencilField.fit`) keeps the decoder
-        robust off the data: the restricted snapshots lie near a low-dimensional set, and an
-        exact fit amplifies what a forecast's state has off it. On the cylinder, decoding a
-        coarse DNS from the test's first snapshot, 0.5 time units on (coarse-space error 0.10):
-        ridge 1e-6 fits the test snapshots to 0.002 but decodes the run to 0.27; 1e-2 fits to
-        0.013 and decodes to 0.11, as the prolongation alone does (0.097).
-
-        ``h`` ``(S, N_H, n_h)``: auxiliary states to fit the local weights on as well (a trained
-        encoder's); without them their weights start at zero."""
-        missed = fine - self.transfer.prolong(u)
-        # Floored: when the coarse space misses nothing (same meshes, no filter) the experts
-        # still need a width the optimiser can move.
-        floor = 1e-2 * float(fine.std())
-        std_u = std_h = max(float(missed.pow(2).mean().sqrt()), floor)
-        if self.field.local:
-            S, c = u.shape[0], self.n_components
-            channels = torch.zeros(S, self.field.n_cols, self.field.n_b, dtype=u.dtype, device=u.device)
-            channels[..., :c] = u.view(S, -1, c)
-            if h is not None:
-                channels[..., c:] = h
-            self.field.fit(channels, missed.view(S, -1, c), ridge=ridge)
-            explained = self.field(channels.flatten(-2)).flatten(-2)
-            std_h = max(float((missed - explained).pow(2).mean().sqrt()), floor)
-            self.field.values.mul_((std_u ** 2 + std_h ** 2) / std_u ** 2)
-        self.raw_std_u.fill_(inverse_softplus(std_u))
-        self.raw_std_h.fill_(inverse_softplus(std_h))
-
-
 @dataclass
 class ModelConfig:
     r"""What a :class:`MultiscaleModel` is built from (stored in its checkpoints).
@@ -345,12 +265,12 @@ class ModelConfig:
         construction) or ``"free"`` (any function of the channels and their gradients).
     filter_width : float
         Helmholtz filter width of the restriction in units of the local coarse cell size
-        :math:`\Delta = |K|^{1/d}` (:func:`~firedrake_msm.closures.filter_width`); 0.41 matches the
+        :math:`\Delta = |K|^{1/d}` (:func:`~firedrake_msm.transfer.cell_width`); 0.41 matches the
         second moment of a Gaussian filter two cells wide (:math:`\alpha = \Delta/\sqrt{24}`). On
         the cylinder's graded mesh a width from the mean cell instead smoothed the boundary layer
         away: :math:`|y - PRy|/|y|` was 0.216, against 0.088 with the local width.
     local_decoder : bool
-        Free decoder weights per stencil entry, fitted to data (:class:`Decoder`), instead of
+        Free decoder weights per stencil entry, fitted to data (:class:`~firedrake_msm.decoder.Decoder`), instead of
         one learned function of the offset: for sub-grid structure tied to the geometry, on the
         fine mesh of the training data only.
     width, depth, features : int
@@ -375,7 +295,7 @@ class ModelConfig:
 class MultiscaleModel(nn.Module):
     """Everything that is learned: :class:`~firedrake_msm.posterior.Encoder`,
     :class:`~firedrake_msm.posterior.GaussianProcessSmoother`, :class:`MultiscaleSDE` and
-    :class:`Decoder`, built on the problem's coarse mesh for data on ``V_fine``.
+    :class:`~firedrake_msm.decoder.Decoder`, built on the problem's coarse mesh for data on ``V_fine``.
 
     Attributes ``problem``, ``V`` (the coarse observed space), ``state`` (a coarse Function of the
     problem's full, possibly mixed, space) and ``transfer`` are the Firedrake side.
@@ -396,7 +316,7 @@ class MultiscaleModel(nn.Module):
             physics = PhysicsDrift(problem.residual(self.state, TestFunction(W)), self.state, bcs,
                                    prognostic=problem.prognostic)
         fixed = bc_dofs(W, bcs)
-        self.transfer = Transfer(V_fine, self.V, filter_width=config.filter_width * filter_width(mesh))
+        self.transfer = Transfer(V_fine, self.V, filter_width=config.filter_width * cell_width(mesh))
         self.encoder = Encoder(V_fine, self.V, config.n_latent, features=config.features, width=config.width,
                                depth=config.depth)
         self.smoother = GaussianProcessSmoother(self.V.block_size + config.n_latent)

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 import torch
-from firedrake import (Function, FunctionSpace, SpatialCoordinate, TestFunction, TrialFunction,
+from firedrake import (CellVolume, Function, FunctionSpace, SpatialCoordinate, TestFunction, TrialFunction,
                        VectorFunctionSpace, assemble, dx, grad, inner, interpolate)
 from firedrake.ml.pytorch import from_torch, to_torch
 
@@ -134,3 +134,17 @@ def scalar_space(V):
     """The scalar Lagrange space whose nodes carry ``V``'s components."""
     element = V.ufl_element()
     return FunctionSpace(V.mesh(), element.sub_elements[0] if V.block_size > 1 else element)
+
+
+def cell_width(mesh):
+    r"""The cell's length scale :math:`\Delta = |K|^{1/d}`, the side of the cube of the cell's
+    volume (Deardorff's choice): the unit of the restriction's filter width and the Smagorinsky
+    length.
+
+    Why not ``CellDiameter`` (the longest edge): on the stretched cells of a boundary layer it
+    follows the long side and over-states the resolved scale, and on a structured grid of
+    squares (or in 1D) the volume gives the grid spacing :math:`h` itself. For a square split
+    into two triangles, :math:`\Delta = h/\sqrt 2`; :math:`C_s` absorbs such constant factors.
+    """
+    d = mesh.ufl_cell().topological_dimension
+    return CellVolume(mesh) ** (1.0 / (d() if callable(d) else d))    # a method in older UFL

@@ -8,7 +8,8 @@ from torch.nn.functional import softplus
 
 from firedrake_msm.bridge import PhysicsDrift
 from firedrake_msm.bridge.mass import bc_dofs
-from firedrake_msm.model import Decoder, MultiscaleSDE
+from firedrake_msm.decoder import Decoder
+from firedrake_msm.model import MultiscaleSDE
 from firedrake_msm.transfer import Transfer
 
 F64 = torch.float64

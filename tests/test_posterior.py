@@ -6,7 +6,8 @@ import torch
 from firedrake import (Function, FunctionSpace, PeriodicIntervalMesh, SpatialCoordinate, UnitSquareMesh,
                        VectorFunctionSpace, cos, pi, sin)
 
-from firedrake_msm.posterior import Encoder, GaussianProcessSmoother, StencilField
+from firedrake_msm.networks import StencilField
+from firedrake_msm.posterior import Encoder, GaussianProcessSmoother
 from firedrake_msm.transfer import Transfer, coarse_stencil
 
 F64 = torch.float64

@@ -7,7 +7,8 @@ from firedrake import (Constant, Function, FunctionSpace, IntervalMesh, SpatialC
                        TrialFunction, UnitSquareMesh, VectorFunctionSpace, as_vector, assemble, div, dx,
                        inner, split)
 
-from firedrake_msm.closures import CoarseSolver, coarse_forecast, filter_width, smagorinsky_viscosity
+from firedrake_msm.baselines import CoarseSolver, coarse_forecast, smagorinsky_viscosity
+from firedrake_msm.transfer import cell_width
 from firedrake_msm.dns import simulate
 from firedrake_msm.problems import AdvectedPulse, Burgers2D, Cylinder, KdV
 
@@ -36,7 +37,7 @@ def test_linear_shear_has_the_exact_eddy_viscosity(quadrilateral):
     x, y = SpatialCoordinate(mesh)
     u = Function(VectorFunctionSpace(mesh, "CG", 1)).interpolate(as_vector((gamma * y, 0)))
     exact = (C_S * delta) ** 2 * abs(gamma)
-    assert np.allclose(cellwise(filter_width(mesh), mesh), delta, rtol=1e-14, atol=0)
+    assert np.allclose(cellwise(cell_width(mesh), mesh), delta, rtol=1e-14, atol=0)
     assert np.allclose(cellwise(smagorinsky_viscosity(u, C_S), mesh), exact, rtol=1e-13, atol=0)
     assert np.isclose(assemble(smagorinsky_viscosity(u, C_S) * dx), exact, rtol=1e-13)
 

@@ -1,7 +1,7 @@
 r"""Baselines on the coarse mesh: the under-resolved DNS and Smagorinsky LES.
 
 Both run the problem's own UFL residual on the coarse space :math:`V_H` with Firedrake and
-Irksome (the same stepper as the fine DNS, :func:`firedrake_msm.dns.time_stepper`), from a coarse
+Irksome (the same stepper as the fine DNS, :func:`firedrake_msm.stepping.time_stepper`), from a coarse
 initial observed field such as the restriction :math:`R y_0` of a fine snapshot:
 
 - under-resolved DNS: :math:`(\partial_t u_H, v) + F(u_H; v) = 0`, no closure;
@@ -13,32 +13,20 @@ from typing import NamedTuple
 
 import numpy as np
 import ufl
-from firedrake import (CellVolume, Constant, Function, NonlinearVariationalProblem,
+from firedrake import (Constant, Function, NonlinearVariationalProblem,
                        NonlinearVariationalSolver, TestFunction, TrialFunction, as_vector, assemble,
                        derivative, dx, grad, inner, split, sqrt, sym)
 from firedrake.mesh import MeshGeometry
 from ufl.algorithms import expand_derivatives
 from ufl.domain import extract_unique_domain
 
-from firedrake_msm.dns import _Gather, direct_solver, time_stepper
+from firedrake_msm.stepping import Gather, direct_solver, time_stepper
+from firedrake_msm.transfer import cell_width
 
 # |S| is sqrt(2 S:S + EPSILON**2): Newton's Jacobian contains S/|S|, 0/0 wherever the strain
 # vanishes exactly (a corner cell held at zero by Dirichlet data, a constant state). The
 # shift changes nu_t by at most (C_s Delta)**2 * EPSILON.
 EPSILON = 1e-15
-
-
-def filter_width(mesh):
-    r"""The Smagorinsky length :math:`\Delta = |K|^{1/d}`, the side of the cube of the cell's
-    volume (Deardorff's choice).
-
-    Why not ``CellDiameter`` (the longest edge): on the stretched cells of a boundary layer it
-    follows the long side and over-states the resolved scale, and on a structured grid of
-    squares (or in 1D) the volume gives the grid spacing :math:`h` itself. For a square split
-    into two triangles, :math:`\Delta = h/\sqrt 2`; :math:`C_s` absorbs such constant factors.
-    """
-    d = mesh.ufl_cell().topological_dimension
-    return CellVolume(mesh) ** (1.0 / (d() if callable(d) else d))    # a method in older UFL
 
 
 def strain_magnitude(u):
@@ -62,7 +50,7 @@ def smagorinsky_viscosity(u, C_s, delta=None):
     C_s : float or firedrake.Constant
         The Smagorinsky constant (0.1 to 0.2 is usual).
     delta : ufl.core.expr.Expr, optional
-        The length :math:`\Delta`; default :func:`filter_width` of ``u``'s mesh.
+        The length :math:`\Delta`; default :func:`~firedrake_msm.transfer.cell_width` of ``u``'s mesh.
 
     Notes
     -----
@@ -70,7 +58,7 @@ def smagorinsky_viscosity(u, C_s, delta=None):
     scalar (1D cases, scalar 2D Burgers) the analogue :math:`|\nabla u|`.
     """
     if delta is None:
-        delta = filter_width(extract_unique_domain(u))
+        delta = cell_width(extract_unique_domain(u))
     return (C_s * delta) ** 2 * strain_magnitude(u)
 
 
@@ -138,7 +126,7 @@ class CoarseSolver:
     dt : float, optional
         The largest time step (default ``problem.dt``).
     solver_parameters : dict, optional
-        PETSc options (default :func:`firedrake_msm.dns.direct_solver`).
+        PETSc options (default :func:`firedrake_msm.stepping.direct_solver`).
     """
 
     def __init__(self, problem, space, *, closure=None, C_s=0.17, dt=None, solver_parameters=None):
@@ -162,7 +150,7 @@ class CoarseSolver:
         self.index = observed_index(problem, self.state)
         self.observed = problem.observed(self.state)
         self.observed_space = self.observed.function_space().collapse()
-        self._gather = _Gather(Function(self.observed_space))
+        self._gather = Gather(Function(self.observed_space))
         self._constraints = None
 
     def set_initial_state(self, u0):
