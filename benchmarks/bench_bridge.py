@@ -69,16 +69,25 @@ def make_fem_operator(F, u):
         return None
 
 
+def reference_bases(basis):
+    """The dense reference tabulations behind a cell or facet basis (one per local facet)."""
+    return list(getattr(basis, "bases", [basis]))
+
+
 def floor_time(op, U):
     """The dense basis contractions alone, on pre-gathered data: for every term, the trial
-    tabulation's GEMM and the test tabulation's transposed GEMM."""
+    tabulations' GEMMs and the test tabulations' transposed GEMMs."""
     operands = []
     for term in op.terms:
-        trial, test = term.trial.table0, term.test.table0        # (Q * A, nd)
-        columns = term.test.n_cells * U.shape[0]
-        operands.append((trial, torch.randn(trial.shape[1], columns, dtype=U.dtype, device=U.device),
-                         test, torch.randn(test.shape[0], columns, dtype=U.dtype, device=U.device)))
-    return timeit(lambda: [(trial @ local, test.T @ at_points) for trial, local, test, at_points in operands])
+        for trial in (b for side in term.trial for b in reference_bases(side)):
+            columns = trial.n_cells * trial.block_sizes[0] * U.shape[0]
+            operands.append((trial.table0, torch.randn(trial.table0.shape[1], columns, dtype=U.dtype,
+                                                       device=U.device)))
+        for test in (b for side in term.test for b in reference_bases(side)):
+            columns = test.n_cells * test.block_sizes[0] * U.shape[0]
+            operands.append((test.table0.T, torch.randn(test.table0.shape[0], columns, dtype=U.dtype,
+                                                        device=U.device)))
+    return timeit(lambda: [table @ local for table, local in operands])
 
 
 def run(degree, n, batch, device, dtype, compile=False, with_reference=True):

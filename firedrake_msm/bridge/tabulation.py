@@ -166,9 +166,80 @@ class Basis(torch.nn.Module):
         torch.Tensor
             ``(B, size)``.
         """
+        return self.scatter(integrand, integrand.new_zeros(self.size, integrand.shape[-1])).T
+
+    def scatter(self, integrand, rows):
+        """:meth:`integrate`, added into the transposed residual ``rows`` ``(size, B)``, which is
+        returned."""
         Q, C, _, A, B = integrand.shape
-        rows = integrand.new_zeros(self.size, B)
         for components, bs, table, dofs in self._groups():
             at_points = integrand[:, :, components].permute(0, 3, 1, 2, 4).reshape(Q * A, C * bs * B)
             rows.index_add_(0, dofs, (table.T @ at_points).view(-1, B))
-        return rows.T
+        return rows
+
+
+class FacetBasis(torch.nn.Module):
+    """A space's dofs on the cells next to a set of facets, evaluated at a reference facet's points.
+
+    Each facet is seen from one of its cells, where it is the local facet :math:`f`; FIAT's entity
+    transform of :math:`f` maps the reference facet's points into that cell, as TSFC's facet
+    kernels tabulate them. The facets are grouped by :math:`f`, one :class:`Basis` (one dense
+    tabulation, shared by the group's cells) per group, and laid out in the order given.
+
+    Parameters
+    ----------
+    V : firedrake.FunctionSpace
+        The space.
+    cells, local : numpy.ndarray
+        For each facet, the cell it is seen from and its local facet number in that cell.
+    cell : FIAT.reference_element.Cell
+        The reference cell.
+    points : numpy.ndarray
+        ``(Q, tdim - 1)`` points on the reference facet.
+    value, grad : bool
+        As for :class:`Basis`, whose layout :meth:`evaluate` and :meth:`integrate` share, with the
+        facets in place of the cells.
+    """
+
+    def __init__(self, V, cells, local, cell, points, value=True, grad=True):
+        super().__init__()
+        dim = cell.get_dimension() - 1
+        self.bases = torch.nn.ModuleList()
+        wheres = []
+        for f in np.unique(local):
+            where = np.flatnonzero(local == f)
+            mapped = cell.get_entity_transform(dim, int(f))(np.asarray(points, dtype=float))
+            self.bases.append(Basis(V, cells[where], mapped, value, grad))
+            wheres.append(where)
+        first = self.bases[0]
+        self.size, self.tdim, self.slots = first.size, first.tdim, first.slots
+        self.value_shape, self.n_comp, self.n_points = first.value_shape, first.n_comp, first.n_points
+        self.n_cells = len(cells)
+        order = np.concatenate(wheres)
+        # Facets already sorted by local number are contiguous groups: slices, no gather.
+        self._sorted = bool((order == np.arange(len(order))).all())
+        self._starts = np.cumsum([0] + [len(w) for w in wheres[:-1]]).tolist()
+        self.register_buffer("_inverse", torch.as_tensor(np.argsort(order)), persistent=False)
+        for k, where in enumerate(wheres):
+            self.register_buffer(f"_where{k}", torch.as_tensor(where), persistent=False)
+
+    def evaluate(self, U):
+        """Values and reference gradients ``(Q, F, n_comp, A, B)`` of the batch ``U`` ``(B, size)``
+        on every facet."""
+        parts = [basis.evaluate(U) for basis in self.bases]
+        at_points = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+        return at_points if self._sorted else at_points.index_select(1, self._inverse)
+
+    def integrate(self, integrand):
+        """The transpose of :meth:`evaluate`: ``(B, size)``."""
+        return self.scatter(integrand, integrand.new_zeros(self.size, integrand.shape[-1])).T
+
+    def scatter(self, integrand, rows):
+        """:meth:`integrate`, added into ``rows`` ``(size, B)``, which is returned."""
+        for k, (basis, start) in enumerate(zip(self.bases, self._starts)):
+            if self._sorted:
+                part = integrand.narrow(1, start, basis.n_cells)
+            else:
+                part = integrand.index_select(1, getattr(self, f"_where{k}"))
+            rows = basis.scatter(part, rows)
+        return rows
