@@ -17,7 +17,8 @@ so the physics drift holds them (``PhysicsDrift`` with the problem's ``bcs``), a
 closure and noise are masked there: only interior dofs are learned.
 
 This demo spells out what ``firedrake-msm compare burgers2d`` does in one call. Run it as
-``python demos/burgers2d.py`` (the real sizes of ``Settings.for_case``: a long run) or with ``--fast``
+``python demos/burgers2d.py`` (the real sizes of its protocol,
+``firedrake_msm/configs/burgers2d.toml``: a long run) or with ``--fast``
 (tiny sizes for the tests, seconds, meaningless numbers).
 """
 import argparse
@@ -31,14 +32,14 @@ from firedrake.pyplot import tripcolor
 from matplotlib.figure import Figure
 
 from firedrake_msm.baselines import CoarseSolver
-from firedrake_msm.compare import Settings
 from firedrake_msm.data import load_space, load_trajectories, splits
 from firedrake_msm.dns import simulate
 from firedrake_msm.forecast import forecast, write_vtk
 from firedrake_msm.metrics import relative_l2, summary
-from firedrake_msm.model import ModelConfig
+from firedrake_msm.model import MultiscaleModel
+from firedrake_msm.protocol import Protocol
 from firedrake_msm.problems import Burgers2D
-from firedrake_msm.train import load, train
+from firedrake_msm.train import fit
 from firedrake_msm.transfer import Transfer, cell_width
 
 parser = argparse.ArgumentParser(description="2D viscous Burgers, step by step.")
@@ -46,9 +47,10 @@ parser.add_argument("--fast", action="store_true", help="tiny sizes, for tests o
 parser.add_argument("--output", type=Path, help="folder for data/, runs/ and results/ (default: the current "
                     "folder; a temporary one with --fast)")
 args = parser.parse_args()
-# ``Settings`` holds what a comparison runs (``simulate`` keywords, a ``TrainConfig``, ensemble
-# size, Smagorinsky constant); under ``--fast`` everything goes into ``fast/`` subfolders.
-settings = Settings.fast("burgers2d") if args.fast else Settings.for_case("burgers2d")
+# The case's protocol (``firedrake_msm/configs/<case>.toml``) holds what a comparison runs: ``simulate``
+# keywords, the models' and the training's settings, ensemble size and Smagorinsky constant; under
+# ``--fast`` (tiny sizes) everything goes into ``fast/`` subfolders.
+settings = Protocol.load("burgers2d").fast() if args.fast else Protocol.load("burgers2d")
 root = args.output or (Path(tempfile.mkdtemp(prefix="burgers2d-")) if args.fast else Path("."))
 data, runs, results = (root / name / ("fast" if args.fast else "") for name in ("data", "runs", "results"))
 out = results / "demos" / "burgers2d"
@@ -76,7 +78,7 @@ print(f"fine data: {V_h.dim()} dofs; test: {truth.shape[0]} trajectories x {len(
 # Restriction :math:`R` (Helmholtz-filtered :math:`L^2` projection) and prolongation :math:`P`
 # (interpolation). The filter width is :math:`0.41\Delta`, :math:`\Delta = |K|^{1/2}` the side of a
 # square of the cell's area, as the model computes it.
-config = ModelConfig("burgers2d", n_latent=settings.n_latent, **settings.model)
+config = settings.model_config(settings.model["n_latent"])
 transfer = Transfer(V_h, V_H, filter_width=config.filter_width * cell_width(mesh_H))
 y0 = torch.as_tensor(truth[:, 0])
 u0 = transfer.restrict(y0)
@@ -84,8 +86,8 @@ print(f"lost on the coarse mesh at t0: |y - PRy| / |y| = {relative_l2(y0, transf
 
 # Training writes ``checkpoint.pt``, ``best.pt`` and ``log.csv``; ``resume=True`` continues an
 # interrupted run and returns at once for a finished one.
-best = train(dataset, runs / f"burgers2d-n{config.n_latent}", config, settings.train, resume=True)
-model, _ = load(best)
+best = fit(dataset, runs / f"burgers2d-n{config.n_latent}", config, settings.train, resume=True)
+model = MultiscaleModel.load(best)
 print(f"boundary dofs without closure or noise: {int((model.sde.mask[:model.sde.n_u] == 0).sum())}")
 
 # Ensemble forecast from the first test snapshot, decoded to the fine mesh.

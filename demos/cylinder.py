@@ -22,7 +22,8 @@ Three things differ from the other cases.
   ...) rather than by tag.
 
 This demo spells out what ``firedrake-msm compare cylinder`` does in one call. Run it as
-``python demos/cylinder.py`` (the real sizes of ``Settings.for_case``: a long run) or with ``--fast``
+``python demos/cylinder.py`` (the real sizes of its protocol,
+``firedrake_msm/configs/cylinder.toml``: a long run) or with ``--fast``
 (tiny sizes for the tests: the coarse mesh stands in for the fine one, 0.3 time units from rest,
 meaningless numbers).
 """
@@ -37,14 +38,14 @@ from firedrake.pyplot import tripcolor
 from matplotlib.figure import Figure
 
 from firedrake_msm.baselines import CoarseSolver
-from firedrake_msm.compare import Settings
 from firedrake_msm.data import load_space, load_trajectories, splits
 from firedrake_msm.dns import simulate
 from firedrake_msm.forecast import forecast, write_vtk
 from firedrake_msm.metrics import relative_l2, summary
-from firedrake_msm.model import ModelConfig
+from firedrake_msm.model import MultiscaleModel
+from firedrake_msm.protocol import Protocol
 from firedrake_msm.problems import Cylinder
-from firedrake_msm.train import load, train
+from firedrake_msm.train import fit
 from firedrake_msm.transfer import Transfer, cell_width
 
 
@@ -53,9 +54,10 @@ parser.add_argument("--fast", action="store_true", help="tiny sizes, for tests o
 parser.add_argument("--output", type=Path, help="folder for data/, runs/ and results/ (default: the current "
                     "folder; a temporary one with --fast)")
 args = parser.parse_args()
-# ``Settings`` holds what a comparison runs (``simulate`` keywords, a ``TrainConfig``, ensemble
-# size, Smagorinsky constant); under ``--fast`` everything goes into ``fast/`` subfolders.
-settings = Settings.fast("cylinder") if args.fast else Settings.for_case("cylinder")
+# The case's protocol (``firedrake_msm/configs/<case>.toml``) holds what a comparison runs: ``simulate``
+# keywords, the models' and the training's settings, ensemble size and Smagorinsky constant; under
+# ``--fast`` (tiny sizes) everything goes into ``fast/`` subfolders.
+settings = Protocol.load("cylinder").fast() if args.fast else Protocol.load("cylinder")
 root = args.output or (Path(tempfile.mkdtemp(prefix="cylinder-")) if args.fast else Path("."))
 data, runs, results = (root / name / ("fast" if args.fast else "") for name in ("data", "runs", "results"))
 out = results / "demos" / "cylinder"
@@ -91,7 +93,7 @@ print(f"fine data: {V_h.dim()} velocity dofs; test: {len(times)} times")
 # with :math:`\Delta = |K|^{1/2}` the local cell size, as the model computes it: the graded mesh's
 # cells near the cylinder are a thousandth of the mean's area) and prolongation :math:`P`
 # (interpolation). The meshes are not nested; :math:`P` interpolates anyway.
-config = ModelConfig("cylinder", n_latent=settings.n_latent, **settings.model)
+config = settings.model_config(settings.model["n_latent"])
 transfer = Transfer(V_h, V_H, filter_width=config.filter_width * cell_width(mesh_H))
 y0 = torch.as_tensor(truth[:, 0])
 u0 = transfer.restrict(y0)
@@ -101,8 +103,8 @@ print(f"lost on the coarse mesh at t0: |y - PRy| / |y| = {relative_l2(y0, transf
 # interrupted run and returns at once for a finished one. The model's physics drift is the bridge's
 # ``PhysicsDrift`` with ``prognostic=(0,)``: it finds the pressure block of the Jacobian zero, hence
 # index 2, and solves the saddle point for the velocity rate.
-best = train(dataset, runs / f"cylinder-n{config.n_latent}", config, settings.train, resume=True)
-model, _ = load(best)
+best = fit(dataset, runs / f"cylinder-n{config.n_latent}", config, settings.train, resume=True)
+model = MultiscaleModel.load(best)
 drift = model.sde.physics
 print(f"physics drift: index {drift.index}, {len(drift.algebraic_dofs)} pressure dofs eliminated")
 

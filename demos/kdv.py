@@ -21,7 +21,8 @@ discretisation defines it, :math:`w(u) = -J_{ww}^{-1} F_w(u, 0)`, so the learned
 :math:`u` and the auxiliary field :math:`h` alone.
 
 This demo spells out what ``firedrake-msm compare kdv`` does in one call. Run it as
-``python demos/kdv.py`` (the real sizes of ``Settings.for_case``: a long run) or with ``--fast`` (tiny
+``python demos/kdv.py`` (the real sizes of its protocol,
+``firedrake_msm/configs/kdv.toml``: a long run) or with ``--fast`` (tiny
 sizes for the tests, seconds, meaningless numbers).
 """
 import argparse
@@ -35,14 +36,14 @@ from matplotlib.figure import Figure
 
 from firedrake_msm.bridge import PhysicsDrift
 from firedrake_msm.baselines import CoarseSolver
-from firedrake_msm.compare import Settings
 from firedrake_msm.data import load_space, load_trajectories, splits
 from firedrake_msm.dns import simulate
 from firedrake_msm.forecast import forecast, write_vtk
 from firedrake_msm.metrics import relative_l2, summary
-from firedrake_msm.model import ModelConfig
+from firedrake_msm.model import MultiscaleModel
+from firedrake_msm.protocol import Protocol
 from firedrake_msm.problems import KdV
-from firedrake_msm.train import load, train
+from firedrake_msm.train import fit
 from firedrake_msm.transfer import Transfer
 
 parser = argparse.ArgumentParser(description="The KdV equation, step by step.")
@@ -50,9 +51,10 @@ parser.add_argument("--fast", action="store_true", help="tiny sizes, for tests o
 parser.add_argument("--output", type=Path, help="folder for data/, runs/ and results/ (default: the current "
                     "folder; a temporary one with --fast)")
 args = parser.parse_args()
-# ``Settings`` holds what a comparison runs (``simulate`` keywords, a ``TrainConfig``, ensemble
-# size, Smagorinsky constant); under ``--fast`` everything goes into ``fast/`` subfolders.
-settings = Settings.fast("kdv") if args.fast else Settings.for_case("kdv")
+# The case's protocol (``firedrake_msm/configs/<case>.toml``) holds what a comparison runs: ``simulate``
+# keywords, the models' and the training's settings, ensemble size and Smagorinsky constant; under
+# ``--fast`` (tiny sizes) everything goes into ``fast/`` subfolders.
+settings = Protocol.load("kdv").fast() if args.fast else Protocol.load("kdv")
 root = args.output or (Path(tempfile.mkdtemp(prefix="kdv-")) if args.fast else Path("."))
 data, runs, results = (root / name / ("fast" if args.fast else "") for name in ("data", "runs", "results"))
 out = results / "demos" / "kdv"
@@ -85,7 +87,7 @@ print(f"fine data: {V_h.dim()} dofs; test: {truth.shape[0]} trajectories x {len(
 # Restriction :math:`R` (Helmholtz-filtered :math:`L^2` projection, width :math:`0.41 H`) and
 # prolongation :math:`P` (interpolation) between the observed spaces; :math:`PRy` is the part of
 # :math:`y` the coarse mesh can hold.
-config = ModelConfig("kdv", n_latent=settings.n_latent, **settings.model)
+config = settings.model_config(settings.model["n_latent"])
 transfer = Transfer(V_h, V_H, filter_width=config.filter_width * problem.length / problem.coarse)
 y0 = torch.as_tensor(truth[:, 0])
 u0 = transfer.restrict(y0)
@@ -95,8 +97,8 @@ print(f"coarse physics drift at R y0: |du/dt| = {drift(0.0, u0).norm(dim=-1).mea
 # Training (solver-free ELBO on windows of snapshots) writes ``checkpoint.pt``, ``best.pt`` and
 # ``log.csv`` into the run folder; ``resume=True`` continues an interrupted run and returns at
 # once for a finished one, so a second run of the demo reuses the model.
-best = train(dataset, runs / f"kdv-n{config.n_latent}", config, settings.train, resume=True)
-model, _ = load(best)
+best = fit(dataset, runs / f"kdv-n{config.n_latent}", config, settings.train, resume=True)
+model = MultiscaleModel.load(best)
 
 # Ensemble forecast from the first test snapshot, decoded to the fine mesh.
 result = forecast(model, y0, times, samples=settings.samples, seed=0, truth=truth)

@@ -15,7 +15,8 @@ back to the fine mesh.
 
 This demo spells out what ``firedrake-msm compare pulse`` does in one call: problem, fine data,
 transfer, training, ensemble forecast, baselines, metrics, a figure and VTK files. Run it as
-``python demos/pulse.py`` (the real sizes of ``Settings.for_case``: a long run) or with ``--fast`` (tiny
+``python demos/pulse.py`` (the real sizes of its protocol,
+``firedrake_msm/configs/pulse.toml``: a long run) or with ``--fast`` (tiny
 sizes for the tests, seconds, meaningless numbers).
 """
 import argparse
@@ -28,14 +29,14 @@ from firedrake import COMM_SELF, Function, SpatialCoordinate, TestFunction
 from matplotlib.figure import Figure
 
 from firedrake_msm.baselines import CoarseSolver
-from firedrake_msm.compare import Settings
 from firedrake_msm.data import load_space, load_trajectories, splits
 from firedrake_msm.dns import simulate
 from firedrake_msm.forecast import forecast, write_vtk
 from firedrake_msm.metrics import relative_l2, summary
-from firedrake_msm.model import ModelConfig
+from firedrake_msm.model import MultiscaleModel
+from firedrake_msm.protocol import Protocol
 from firedrake_msm.problems import AdvectedPulse
-from firedrake_msm.train import load, train
+from firedrake_msm.train import fit
 from firedrake_msm.transfer import Transfer
 
 parser = argparse.ArgumentParser(description="The advected pulse, step by step.")
@@ -43,10 +44,10 @@ parser.add_argument("--fast", action="store_true", help="tiny sizes, for tests o
 parser.add_argument("--output", type=Path, help="folder for data/, runs/ and results/ (default: the current "
                     "folder; a temporary one with --fast)")
 args = parser.parse_args()
-# ``Settings`` holds what a comparison runs: keywords of ``simulate``, a ``TrainConfig``, the number
-# of auxiliary channels, ensemble members and the Smagorinsky constant. Tiny data never mixes with
-# real data: under ``--fast`` everything goes into ``fast/`` subfolders, as the command line does.
-settings = Settings.fast("pulse") if args.fast else Settings.for_case("pulse")
+# The case's protocol (``firedrake_msm/configs/<case>.toml``) holds what a comparison runs: ``simulate``
+# keywords, the models' and the training's settings, ensemble size and Smagorinsky constant; under
+# ``--fast`` (tiny sizes) everything goes into ``fast/`` subfolders.
+settings = Protocol.load("pulse").fast() if args.fast else Protocol.load("pulse")
 root = args.output or (Path(tempfile.mkdtemp(prefix="pulse-")) if args.fast else Path("."))
 data, runs, results = (root / name / ("fast" if args.fast else "") for name in ("data", "runs", "results"))
 out = results / "demos" / "pulse"
@@ -77,7 +78,7 @@ print(f"fine data: {V_h.dim()} dofs; test: {truth.shape[0]} trajectories x {len(
 # :math:`(Ry, v) + \alpha^2(\nabla Ry, \nabla v) = (y, v)`, with :math:`\alpha = 0.41 H` as the
 # model uses. :math:`PRy` is all a coarse field can say about :math:`y`: for this narrow pulse,
 # little.
-config = ModelConfig("pulse", n_latent=settings.n_latent, **settings.model)
+config = settings.model_config(settings.model["n_latent"])
 transfer = Transfer(V_h, V_H, filter_width=config.filter_width / problem.coarse)
 y0 = torch.as_tensor(truth[:, 0])
 u0 = transfer.restrict(y0)
@@ -88,8 +89,8 @@ print(f"lost on the coarse mesh at t0: |y - PRy| / |y| = {relative_l2(y0, transf
 # validation forecast) and ``log.csv`` (ELBO, KL, learning rate, validation error per step) into
 # the run folder; ``resume=True`` continues an interrupted run and does nothing for a finished one,
 # so running the demo again reuses the model (the folder is the one ``compare`` uses).
-best = train(dataset, runs / f"pulse-n{config.n_latent}", config, settings.train, resume=True)
-model, _ = load(best)
+best = fit(dataset, runs / f"pulse-n{config.n_latent}", config, settings.train, resume=True)
+model = MultiscaleModel.load(best)
 
 # An ensemble forecast from the first test snapshot: the encoder gives the posterior of
 # :math:`z = (u, h)`, torchsde integrates the learned SDE for each member, and the decoder maps

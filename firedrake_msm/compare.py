@@ -10,7 +10,7 @@ import json
 import multiprocessing
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import h5py
@@ -18,87 +18,18 @@ import numpy as np
 import torch
 from firedrake import COMM_SELF, TestFunction, TrialFunction, assemble, dx, inner
 
+from firedrake_msm import checkpoint
 from firedrake_msm.baselines import CoarseSolver
 from firedrake_msm.data import load_trajectories, splits
 from firedrake_msm.dns import simulate
 from firedrake_msm.forecast import forecast, write_vtk
 from firedrake_msm.metrics import diverged_at, relative_l2, relative_l2_fe, summary
-from firedrake_msm.model import ModelConfig
-from firedrake_msm.problems import PROBLEMS
-from firedrake_msm.train import TrainConfig, load, train
+from firedrake_msm.model import MultiscaleModel
+from firedrake_msm.problems import reference, resolve
+from firedrake_msm.protocol import Protocol
+from firedrake_msm.train import fit
 
 METHODS = ("coarse_dns", "smagorinsky", "implicit_scale", "multiscale")
-
-# DESIGN.md §4: relative L2 test errors from the authors' released results for arXiv:2506.22655.
-REFERENCE = {"pulse": {"coarse_dns": 1.381, "implicit_scale": 0.565, "multiscale": 0.079},
-             "kdv": {"coarse_dns": 0.523, "implicit_scale": 0.324, "multiscale": 0.042},
-             "burgers2d": {"coarse_dns": 0.560, "implicit_scale": 0.141, "multiscale": 0.028},
-             "cylinder": {"coarse_dns": 0.130, "implicit_scale": 0.063, "multiscale": 0.009}}
-
-
-# Where a case departs from DESIGN.md §4's protocol: keywords of ``dns.simulate``, ``ModelConfig``
-# and ``TrainConfig``. The 1D periodic cases keep the free flux: the coarse pulse and wave train
-# need its sharpening, which the dissipative flux cannot give (pulse validation error after 1500
-# steps: free 0.66, dissipative 3.3 and rising; KdV: free 0.185 after 2000 steps, dissipative 0.45
-# after 1500).
-# The pulse's table was measured at KdV's data noise, 0.01. KdV's data noise is the reference's.
-# The 1D cases average their parameters. Without the average the pulse's validation error swung
-# between 0.35 and 0.80 over steps 1500-9000; with it, 0.25-0.36 over steps 3000-6000, and its best
-# (step 4000) forecasts the test set to 0.197, against 0.234 (both stepped at 0.001). KdV's,
-# resumed with the average from step 12 000, fell at every validation, 0.0585 to 0.0479 by step
-# 20 000 (without: 0.062-0.075 over steps 9000-12 000), and forecasts the test set to 0.038
-# against 0.053.
-# Burgers' fine mesh is 64², not 128²: 30 trajectories at 128² would be 4 GB and about 3 s a
-# training step here. Its table's models continued from the shared decoder's best with local
-# decoders fitted to the trained encoder (train's warm start; the commands are in the README), the
-# multiscale one with its parameters averaged: test errors 0.141 -> 0.104 (multiscale; 0.109
-# without the average) and 0.198 -> 0.133 (implicit-scale).
-# A cylinder window is 64 snapshots of 16 694 fine dofs and each residual sample 3888 quadrature
-# points: 2 windows and 8 residual times a step (16x fewer samples) keep a step near 2 s on a CPU.
-# The cylinder's decoder has weights per stencil entry: its boundary layer is tied to the geometry
-# (model.Decoder).
-# The pulse's validation error swings from one checkpoint to the next (0.191, 0.208, 0.255, 0.291
-# at steps 3250-4000 of the table's run): it validates every 250 steps, not 1000, to keep the best
-# of more of them.
-PROTOCOL = {"pulse": {"model": {"flux": "free"},
-                      "train": {"noise_std": 0.01, "average": 0.999, "validate_every": 250}},
-            "kdv": {"model": {"flux": "free"}, "train": {"noise_std": 0.01, "average": 0.999}},
-            "burgers2d": {"dns": {"resolution": 64}},
-            "cylinder": {"model": {"local_decoder": True}, "train": {"batch_size": 2, "residual_times": 8}}}
-
-
-@dataclass
-class Settings:
-    """What a comparison runs: the dataset, the two models' training and the forecasts.
-
-    ``for_case()`` gives the settings to report, ``fast()`` seconds-long ones for tests only.
-    """
-    dns: dict = field(default_factory=dict)              # keywords of dns.simulate
-    model: dict = field(default_factory=dict)            # keywords of ModelConfig
-    # A validation forecast (5 trajectories, 8 members) costs KdV about 100 training steps.
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=3000, validate_every=1000))
-    n_latent: int = 5
-    samples: int = 64
-    C_s: float = 0.17
-
-    @classmethod
-    def for_case(cls, case):
-        """DESIGN.md §4's protocol (training data noise of std 0.001), with the case's
-        departures from it in :data:`PROTOCOL`."""
-        departures = PROTOCOL.get(case, {})
-        return cls(dns=dict(departures.get("dns", {})), model=dict(departures.get("model", {})),
-                   train=replace(cls().train, **{"noise_std": 0.001, **departures.get("train", {})}))
-
-    @classmethod
-    def fast(cls, case):
-        dns = {"trajectories": 4, "t_end": 0.1, "dt": 0.01,
-               "resolution": {"burgers2d": 16, "cylinder": "coarse"}.get(case, 100)}
-        if case == "cylinder":     # one trajectory, from rest: the coarse mesh as the fine one
-            dns.update(trajectories=1, t_end=0.3, spin_up=0.0)
-        return cls(dns=dns,
-                   train=TrainConfig(steps=4, batch_size=2, window=8, beta_warmup=2, residual_times=4,
-                                     validate_every=2, checkpoint_every=4, validation_samples=2),
-                   n_latent=2, samples=4)
 
 
 @dataclass
@@ -116,39 +47,54 @@ class Result:
     diverged_at: float = None
 
 
-def compare(case, *, folder="results", data="data", runs="runs", settings=None, retrain=False, progress=True,
-            workers=2):
-    """Run the comparison for ``case`` and write ``folder/<case>/``: ``summary.json``, ``table.md``,
+def compare(protocol, *, folder="results", data="data", runs="runs", retrain=False, progress=True, workers=2):
+    """Run a comparison and write ``folder/<name>/``: ``summary.json``, ``table.md``,
     ``table.csv``, plots (PNG) and VTK files of the first test trajectory.
 
-    The dataset ``data/<case>.h5`` and the trained models ``runs/<case>-n0`` and
-    ``runs/<case>-n<n_h>`` are made when missing (or when ``retrain``), else reused; a model with
-    fewer steps than ``settings.train.steps`` (an interrupted run, or a longer budget) resumes.
-    ``workers`` processes share out the DNS's trajectories, train the two models and run the
-    forecasts.
+    Parameters
+    ----------
+    protocol : Protocol or str
+        What to run (:class:`~firedrake_msm.protocol.Protocol`), or what names it: a reference
+        case (``"kdv"``), a ``.toml`` file, or a problem.
+    folder, data, runs : str or pathlib.Path
+        Where the results, the dataset (unless the protocol names one) and the trained models go.
+        The dataset ``data/<name>.h5`` and the models ``runs/<name>-n0`` and
+        ``runs/<name>-n<n_h>`` are made when missing (or when ``retrain``), else reused; a model
+        with fewer steps than the protocol's (an interrupted run, or a longer budget) resumes.
+    workers : int
+        Processes that share out the DNS's trajectories, train the two models and run the
+        forecasts.
 
-    Returns the summary (a dict, as written to ``summary.json``).
+    Returns
+    -------
+    dict
+        The summary, as written to ``summary.json``.
     """
-    settings = settings or Settings.for_case(case)
-    problem = PROBLEMS[case]()
-    out = Path(folder) / case
+    protocol = protocol if isinstance(protocol, Protocol) else Protocol.load(protocol)
+    problem = resolve(protocol.problem, protocol.problem_options)
+    # Named, not pickled, for the worker processes: each rebuilds the problem from its reference.
+    name, options = reference(problem)
+    protocol = replace(protocol, problem=name, problem_options=options)
+    out = Path(folder) / protocol.name
     out.mkdir(parents=True, exist_ok=True)
-    dataset = Path(data) / f"{case}.h5"
+    dataset = Path(protocol.dataset) if protocol.dataset is not None else Path(data) / f"{protocol.name}.h5"
     if not dataset.exists():
+        if protocol.dataset is not None:
+            raise FileNotFoundError(f"no dataset at {dataset} (the protocol's 'dataset')")
         dataset.parent.mkdir(parents=True, exist_ok=True)
-        simulate(problem, dataset, **{"trajectories": problem.trajectories, **settings.dns},
+        simulate(problem, dataset, **{"trajectories": problem.trajectories, **protocol.dns},
                  progress=progress, comm=COMM_SELF, workers=workers)
     times, truth = load_trajectories(dataset, **splits(dataset)["test"])
-    n_latent = {"implicit_scale": 0, "multiscale": settings.n_latent}
-    learned = {method: Path(runs) / f"{case}-n{n}" for method, n in n_latent.items()}
-    configs = {method: ModelConfig(case, n_latent=n, **settings.model) for method, n in n_latent.items()}
+    n_latent = {"implicit_scale": 0, "multiscale": protocol.model["n_latent"]}
+    learned = {method: Path(runs) / f"{protocol.name}-n{n}" for method, n in n_latent.items()}
+    configs = {method: protocol.model_config(n) for method, n in n_latent.items()}
     # Spawned, not forked: a forked child would share PETSc's and torch's state with this process.
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         done = {method: 0 if retrain else _trained_steps(run) for method, run in learned.items()}
-        running = {method: pool.submit(train, dataset, run, configs[method], settings.train,
+        running = {method: pool.submit(fit, dataset, run, configs[method], protocol.train,
                                        resume=done[method] > 0, progress=progress, position=position)
                    for position, (method, run) in enumerate(learned.items())
-                   if done[method] < settings.train.steps}
+                   if done[method] < protocol.train.steps}
 
         def trained(method):
             """The checkpoint to forecast with, once the model's training (if any) is over."""
@@ -161,21 +107,21 @@ def compare(case, *, folder="results", data="data", runs="runs", settings=None, 
         # and the implicit-scale model's run while the multiscale model still trains. The baselines
         # restrict with the implicit-scale model's transfer, the same as the multiscale model's.
         checkpoints = {"implicit_scale": trained("implicit_scale")}
-        jobs = {name: pool.submit(_baseline, case, checkpoints["implicit_scale"], times, truth, closure,
-                                  settings.C_s)
-                for name, closure in (("coarse_dns", None), ("smagorinsky", "smagorinsky"))}
+        jobs = {method: pool.submit(_baseline, checkpoints["implicit_scale"], times, truth, closure,
+                                    protocol.C_s)
+                for method, closure in (("coarse_dns", None), ("smagorinsky", "smagorinsky"))}
         jobs["implicit_scale"] = pool.submit(_learned, checkpoints["implicit_scale"], times, truth,
-                                             settings.samples)
+                                             protocol.samples)
         checkpoints["multiscale"] = trained("multiscale")
-        jobs["multiscale"] = pool.submit(_learned, checkpoints["multiscale"], times, truth, settings.samples)
-        results = {name: job.result() for name, job in jobs.items()}
-    model = load(checkpoints["multiscale"])[0]
-    protocol = {method: _protocol(checkpoint) for method, checkpoint in checkpoints.items()}
-    training = {method: _training_seconds(run) for method, run in learned.items()}
+        jobs["multiscale"] = pool.submit(_learned, checkpoints["multiscale"], times, truth, protocol.samples)
+        results = {method: job.result() for method, job in jobs.items()}
+    model = MultiscaleModel.load(checkpoints["multiscale"])
+    trainings = {method: _training(checkpoint) for method, checkpoint in checkpoints.items()}
+    seconds = {method: _training_seconds(run) for method, run in learned.items()}
     fine = _fine_dataset(dataset)
     fine_cost = _fine_cost(problem, model.transfer.V_fine.mesh(), dataset, fine["dt"])
 
-    summary_ = _summary(case, dataset, fine, results, training, protocol, fine_cost, times, truth)
+    summary_ = _summary(protocol, dataset, fine, results, seconds, trainings, fine_cost, times, truth)
     (out / "summary.json").write_text(json.dumps(summary_, indent=2))
     _tables(out, summary_)
     from firedrake_msm.plots import plot_comparison
@@ -186,17 +132,15 @@ def compare(case, *, folder="results", data="data", runs="runs", settings=None, 
 
 def _trained_steps(run):
     """The steps ``run/checkpoint.pt`` holds (0 when there is none)."""
-    checkpoint = run / "checkpoint.pt"
-    if not checkpoint.exists():
-        return 0
-    return torch.load(checkpoint, map_location="cpu", weights_only=False)["state"]["step"]
+    last = run / "checkpoint.pt"
+    return checkpoint.read(last)["state"]["step"] if last.exists() else 0
 
 
-def _baseline(case, checkpoint, times, truth, closure, C_s):
+def _baseline(saved, times, truth, closure, C_s):
     """A coarse Firedrake run (in a worker process) on the model's coarse mesh, from the model's
     restriction of each first snapshot, prolonged to the fine mesh."""
-    problem, model = PROBLEMS[case](), load(checkpoint)[0]
-    solver = CoarseSolver(problem, model.state.function_space(), closure=closure, C_s=C_s)
+    model = MultiscaleModel.load(saved)
+    solver = CoarseSolver(model.problem, model.state.function_space(), closure=closure, C_s=C_s)
     transfer = model.transfer
     dtype = next(model.parameters()).dtype
     start = transfer.restrict(torch.as_tensor(truth[:, 0], dtype=dtype)).double().numpy()
@@ -211,9 +155,9 @@ def _baseline(case, checkpoint, times, truth, closure, C_s):
     return Result(relative_l2(truth, mean), errors_fe, float(np.mean(costs)), mean)
 
 
-def _learned(checkpoint, times, truth, samples):
+def _learned(saved, times, truth, samples):
     """A learned model's ensemble forecast (in a worker process), decoded on the fine mesh."""
-    model = load(checkpoint)[0]
+    model = MultiscaleModel.load(saved)
     start = time.perf_counter()
     result = forecast(model, torch.as_tensor(truth[:, 0]), times, samples=samples, seed=0, truth=truth)
     seconds = (time.perf_counter() - start) / (times[-1] - times[0]) / truth.shape[0]
@@ -231,9 +175,9 @@ def _fine_dataset(dataset):
     """What the fine DNS was: its resolution (a number, or a mesh name), trajectories and step."""
     with h5py.File(dataset, "r") as f:
         attrs = f["msm"].attrs
-        resolution = attrs["resolution"]
+        resolution = attrs.get("resolution", "")
         return {"resolution": resolution.item() if isinstance(resolution, np.generic) else str(resolution),
-                "trajectories": int(f["msm/snapshots"].shape[0]), "dt": float(attrs["dt"])}
+                "trajectories": int(f["msm/snapshots"].shape[0]), "dt": float(attrs.get("dt", 0.0))}
 
 
 def _fine_cost(problem, mesh, dataset, dt, steps=20):
@@ -248,18 +192,17 @@ def _training_seconds(run):
     return float(np.atleast_1d(log["seconds"])[-1])
 
 
-def _protocol(checkpoint):
+def _training(saved):
     """How a checkpoint was trained: its step, the training data noise, the run's step budget, the
     decay of its parameter average (0: none; a run resumed with one has it since the resume) and
     whether its decoder is local."""
-    saved = torch.load(checkpoint, map_location="cpu", weights_only=False)
-    config = saved["train_config"]
-    return {"step": saved["state"]["step"], "steps": config["steps"], "noise_std": config["noise_std"],
-            "average": config.get("average", 0.0),
-            "local_decoder": saved["model_config"].get("local_decoder", False)}
+    contents = checkpoint.read(saved)
+    config = contents["train_config"]
+    return {"step": contents["state"]["step"], "steps": config["steps"], "noise_std": config["noise_std"],
+            "average": config["average"], "local_decoder": contents["model_config"]["local_decoder"]}
 
 
-def _summary(case, dataset, fine, results, training, protocol, fine_cost, times, truth):
+def _summary(protocol, dataset, fine, results, seconds, trainings, fine_cost, times, truth):
     methods = {}
     for name in METHODS:
         r = results[name]
@@ -269,10 +212,11 @@ def _summary(case, dataset, fine, results, training, protocol, fine_cost, times,
                          "rel_l2_fe_std": std_fe,
                          "crps": None if r.crps is None else float(np.mean(r.crps)),
                          "seconds_per_unit_time": r.seconds_per_unit_time,
-                         "training_seconds": training.get(name), "training": protocol.get(name),
+                         "training_seconds": seconds.get(name), "training": trainings.get(name),
                          "diverged_at": r.diverged_at,
-                         "reference_rel_l2": REFERENCE.get(case, {}).get(name)}
-    return {"case": case, "dataset": str(dataset), "fine": fine, "test_trajectories": int(truth.shape[0]),
+                         "reference_rel_l2": protocol.reference.get(name)}
+    return {"case": protocol.name, "problem": protocol.problem, "problem_options": protocol.problem_options,
+            "dataset": str(dataset), "fine": fine, "test_trajectories": int(truth.shape[0]),
             "test_times": int(len(times)), "fine_dns": {"seconds_per_unit_time": fine_cost},
             "methods": methods}
 

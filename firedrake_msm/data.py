@@ -1,10 +1,67 @@
-"""Training data: windows of consecutive DNS snapshots as a torch ``Dataset``."""
+"""Training data: windows of consecutive snapshots of a dataset (:mod:`firedrake_msm.recorder`) as a
+torch ``Dataset``, and the dataset's other contents."""
+import json
+from contextlib import contextmanager
 from pathlib import Path
 
 import h5py
 import numpy as np
 import torch
 from firedrake import COMM_SELF, CheckpointFile
+
+
+@contextmanager
+def open_dataset(path):
+    """The ``msm`` group of a dataset, open for reading.
+
+    Raises
+    ------
+    FileNotFoundError
+        No such file.
+    ValueError
+        The file is not HDF5, or not a dataset (no snapshots).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no dataset at {path}")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as error:
+        raise ValueError(f"{path} is not a dataset: HDF5 cannot open it ({error})") from None
+    with f:
+        if "msm/snapshots" not in f or "msm/times" not in f:
+            raise ValueError(f"{path} is an HDF5 file but not a firedrake-msm dataset (it has no "
+                             "msm/snapshots and msm/times): write one with firedrake_msm.Recorder or "
+                             "simulate")
+        yield f["msm"]
+
+
+def dataset_problem(path):
+    """``(name, options)`` of the problem a dataset names (:func:`~firedrake_msm.problems.reference`).
+
+    Raises
+    ------
+    ValueError
+        When the dataset names none (recorded without a problem).
+    """
+    with open_dataset(path) as group:
+        name = str(group.attrs.get("problem", ""))
+        options = json.loads(group.attrs.get("problem_options", "{}"))
+    if not name:
+        raise ValueError(f"{path} names no problem (it was recorded without one): name it in "
+                         "ModelConfig(problem=...)")
+    return name, options
+
+
+def check_space(path, V):
+    """Raise ValueError unless the dataset's fine space is ``V`` (same element, same mesh)."""
+    W, _ = load_space(path)
+    same = (W.ufl_element() == V.ufl_element() and W.dim() == V.dim()
+            and np.array_equal(W.mesh().coordinates.dat.data_ro, V.mesh().coordinates.dat.data_ro))
+    if not same:
+        raise ValueError(f"{path} holds data in {W.ufl_element()} with {W.dim()} dofs on its own mesh, "
+                         f"not in the model's fine space ({V.ufl_element()}, {V.dim()} dofs): the model was "
+                         "trained on other data")
 
 
 def load_space(path, comm=COMM_SELF):
@@ -18,9 +75,13 @@ def load_space(path, comm=COMM_SELF):
         ``order[i]`` is the file's column holding dof ``i`` of ``V``: ``snapshots[..., order]``
         is in ``V``'s dof order.
     """
-    with CheckpointFile(str(path), "r", comm=comm) as f:
-        mesh = f.load_mesh()
-        index = f.load_function(mesh, "dof_index")
+    try:
+        with CheckpointFile(str(path), "r", comm=comm) as f:
+            mesh = f.load_mesh()
+            index = f.load_function(mesh, "dof_index")
+    except Exception as error:
+        raise ValueError(f"{path} holds no fine mesh and dof_index Function that Firedrake can load: "
+                         f"{type(error).__name__}: {error}") from error
     return index.function_space(), index.dat.data_ro.reshape(-1).astype(np.int64)
 
 
@@ -52,12 +113,13 @@ class SnapshotWindows(torch.utils.data.Dataset):
     def __init__(self, path, *, window=64, trajectories=None, time_range=None, transfer=None,
                  noise_std=0.0, seed=0, dtype=torch.float32):
         self.path = Path(path)
+        with open_dataset(self.path) as group:
+            n_trajectories, n_times, _ = group["snapshots"].shape
+            self.times = group["times"][...]
         self.space, self.order = load_space(self.path)
-        with h5py.File(self.path, "r") as f:
-            n_trajectories, n_times, _ = f["msm/snapshots"].shape
-            self.times = f["msm/times"][...]
-        if window > n_times:
-            raise ValueError(f"windows of {window} snapshots do not fit in {n_times} times")
+        if window < 2 or window > n_times:
+            raise ValueError(f"windows of {window} snapshots do not fit in the {n_times} times of "
+                             f"{self.path}: a window holds 2 to that many")
         self.window, self.transfer, self.dtype = window, transfer, dtype
         self.noise_std, self.seed = noise_std, seed
         self.trajectories = list(range(n_trajectories)) if trajectories is None else list(trajectories)
@@ -95,9 +157,9 @@ def splits(path):
     the reference cylinder data (train on the first 13/15 of the stored interval, validate on the
     next 1/15, test on the last 1/15).
     """
-    with h5py.File(path, "r") as f:
-        n, _, _ = f["msm/snapshots"].shape
-        times = f["msm/times"][...]
+    with open_dataset(path) as group:
+        n, _, _ = group["snapshots"].shape
+        times = group["times"][...]
     if n == 1:
         t0, t1 = float(times[0]), float(times[-1])
         cut = [t0 + (t1 - t0) * k / 15 for k in (13, 14)]
@@ -118,11 +180,11 @@ def load_trajectories(path, *, trajectories=None, time_range=None):
     ``trajectories`` (default all) and the times inside ``time_range`` (default all).
     """
     _, order = load_space(path)
-    with h5py.File(path, "r") as f:
-        times = f["msm/times"][...]
+    with open_dataset(path) as group:
+        times = group["times"][...]
         # The times are sorted, so a range is one slice: read only that.
         t0, t1 = (-np.inf, np.inf) if time_range is None else time_range
         lo, hi = np.searchsorted(times, t0, side="left"), np.searchsorted(times, t1, side="right")
-        rows = list(range(f["msm/snapshots"].shape[0]) if trajectories is None else trajectories)
-        snapshots = np.stack([f["msm/snapshots"][k, lo:hi][:, order] for k in rows])
+        rows = list(range(group["snapshots"].shape[0]) if trajectories is None else trajectories)
+        snapshots = np.stack([group["snapshots"][k, lo:hi][:, order] for k in rows])
     return times[lo:hi], snapshots

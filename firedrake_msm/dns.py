@@ -1,33 +1,19 @@
 """Fine-mesh direct numerical simulation of a :class:`~firedrake_msm.problems.Problem`, written
-to an HDF5 dataset.
-
-One file holds everything: the mesh and a ``dof_index`` Function (saved by Firedrake's
-``CheckpointFile``, so any process count can load them), and the group ``msm`` (written with
-h5py) with
-
-- ``snapshots``: ``(trajectories, times, N)`` observed states, in the global dof order of the
-  writing run; ``dof_index`` maps a loaded space's dofs to that order;
-- ``times``: ``(times,)``; ``parameters``: ``(trajectories, len(parameter_names))``;
-- ``diagnostics/<name>``: ``(trajectories, times)`` scalars the problem reports (a lift coefficient);
-- attributes: the problem, its parameter names, the seed, resolution, time step and the
-  Firedrake, PETSc and firedrake-msm versions.
-
-The file is written under a temporary name and renamed when complete, so an interrupted or
-failed run leaves nothing that looks like a dataset.
-"""
+to a dataset (the format of :mod:`firedrake_msm.recorder`)."""
 import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
-from importlib.metadata import version
 from pathlib import Path
 
 import h5py
 import numpy as np
-from firedrake import COMM_SELF, COMM_WORLD, CheckpointFile, Constant, Function
+from firedrake import COMM_SELF, COMM_WORLD, Constant, Function
 from tqdm import tqdm
 
-from firedrake_msm.problems import PROBLEMS
-from firedrake_msm.stepping import Gather, time_stepper
+from firedrake_msm.problems import resolve
+from firedrake_msm.recorder import Recorder
+from firedrake_msm.stepping import time_stepper
+
 
 def simulate(problem, path, *, trajectories, seed=0, resolution=None, dt=None, t_end=None, spin_up=None,
              comm=COMM_WORLD, workers=1, progress=True):
@@ -35,8 +21,8 @@ def simulate(problem, path, *, trajectories, seed=0, resolution=None, dt=None, t
 
     Parameters
     ----------
-    problem : Problem or str
-        The problem, or its name in :data:`firedrake_msm.problems.PROBLEMS`.
+    problem : Problem, type or str
+        The problem, or what names it (:func:`~firedrake_msm.problems.resolve`).
     path : str or pathlib.Path
         The ``.h5`` file to write (replaced if it exists).
     trajectories : int
@@ -60,11 +46,7 @@ def simulate(problem, path, *, trajectories, seed=0, resolution=None, dt=None, t
     pathlib.Path
         ``path``.
     """
-    if isinstance(problem, str):
-        try:
-            problem = PROBLEMS[problem]()
-        except KeyError:
-            raise ValueError(f"unknown problem {problem!r}; known: {', '.join(sorted(PROBLEMS))}") from None
+    problem = resolve(problem)
     if trajectories < 1:
         raise ValueError(f"trajectories must be at least 1, not {trajectories}")
     dt = problem.dt if dt is None else dt
@@ -105,32 +87,20 @@ def simulate(problem, path, *, trajectories, seed=0, resolution=None, dt=None, t
 def _run(problem, path, draws, *, seed, resolution, dt, steps, first, comm=COMM_SELF, progress=True,
          position=None):
     """The DNS of each of ``draws`` (initial-condition parameters) into the dataset ``path``."""
-    trajectories = len(draws)
-    partial = path.with_name(path.name + ".partial")
     mesh = problem.mesh(resolution, comm=comm)
-    V = problem.function_space(mesh)
-    state = Function(V)
+    state = Function(problem.function_space(mesh))
     t = Constant(0.0)
     stepper = time_stepper(problem, state, t, Constant(dt))
     parameters = {name: Constant(0.0) for name in problem.parameter_names}
     observed = problem.observed(state)
-    V_obs = observed.function_space().collapse()
-    gather = Gather(Function(V_obs))
-
-    try:
-        with CheckpointFile(str(partial), "w", comm=comm) as checkpoint:
-            checkpoint.save_mesh(mesh)
-            index = Function(V_obs, name="dof_index")
-            with index.dat.vec_wo as vec:
-                vec.array[:] = np.arange(*vec.getOwnershipRange())
-            checkpoint.save_function(index)
-        n_times = steps - first + 1
-        group = _open(partial, problem, trajectories, n_times, gather.size, seed, resolution, dt, comm)
-        bar = tqdm(total=trajectories * steps, desc=f"DNS {problem.name}", unit="step",
-                   disable=not progress or comm.rank != 0, position=position)
+    bar = tqdm(total=len(draws) * steps, desc=f"DNS {problem.name}", unit="step",
+               disable=not progress or comm.rank != 0, position=position)
+    with Recorder(path, observed.function_space(), problem=problem,
+                  attributes={"seed": seed, "resolution": resolution, "dt": dt}) as recorder:
         for k, draw in enumerate(draws):
             for name, value in draw.items():
                 parameters[name].assign(value)
+            recorder.set_parameters(k, draw)
             problem.set_initial_state(state, parameters)
             for step in range(steps + 1):
                 if step:
@@ -138,18 +108,8 @@ def _run(problem, path, draws, *, seed, resolution, dt, steps, first, comm=COMM_
                     bar.update()
                 t.assign(step * dt)
                 if step >= first:
-                    _store(group, k, step - first, gather(observed), problem.diagnostics(state), n_times)
-        bar.close()
-        if comm.rank == 0:
-            group["parameters"][:] = [[d[name] for name in problem.parameter_names] for d in draws]
-            group["times"][:] = dt * np.arange(first, steps + 1)
-            group.file.close()
-            os.replace(partial, path)
-    except BaseException:
-        if comm.rank == 0 and partial.exists():
-            partial.unlink()
-        raise
-    comm.barrier()
+                    recorder.write(observed, step * dt, trajectory=k, diagnostics=problem.diagnostics(state))
+    bar.close()
 
 
 def _merge(parts, path):
@@ -174,8 +134,9 @@ def _merge(parts, path):
             total = sum(source["msm/snapshots"].shape[0] for source in sources)
             for name in names:
                 like = first["msm"][name]
-                target = group.create_dataset(name, (total, *like.shape[1:]), dtype=like.dtype,
-                                              chunks=like.chunks)
+                shape = (total, *like.shape[1:])
+                chunks = tuple(max(1, min(c, s)) for c, s in zip(like.chunks, shape)) if like.chunks else None
+                target = group.create_dataset(name, shape, dtype=like.dtype, chunks=chunks)
                 for j, source in enumerate(sources):
                     for k, rows in enumerate(source["msm"][name]):
                         target[j + k * n] = rows
@@ -184,28 +145,3 @@ def _merge(parts, path):
         for source in sources:
             source.close()
         partial.unlink(missing_ok=True)
-
-
-def _open(path, problem, trajectories, times, size, seed, resolution, dt, comm):
-    """Create the ``msm`` group on rank 0 and return it (None elsewhere)."""
-    if comm.rank != 0:
-        return None
-    group = h5py.File(path, "a").create_group("msm")
-    group.create_dataset("snapshots", (trajectories, times, size), dtype="f8",
-                         chunks=(1, min(times, 64), size))
-    group.create_dataset("times", (times,), dtype="f8")
-    group.create_dataset("parameters", (trajectories, len(problem.parameter_names)), dtype="f8")
-    group.attrs.update(problem=problem.name, parameter_names=list(problem.parameter_names), seed=seed,
-                       resolution=resolution, dt=dt, processes=comm.size,
-                       firedrake=version("firedrake"), petsc=version("petsc"),
-                       firedrake_msm=version("firedrake-msm"))
-    return group
-
-
-def _store(group, trajectory, index, values, diagnostics, n_times):
-    if group is None:
-        return
-    group["snapshots"][trajectory, index] = values
-    for name, value in diagnostics.items():
-        shape = (group["snapshots"].shape[0], n_times)
-        group.require_dataset(f"diagnostics/{name}", shape, dtype="f8")[trajectory, index] = value

@@ -4,7 +4,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torchsde
-from firedrake import Function, VTKFile
+from firedrake import Function, VTKFile, assemble, interpolate
 from firedrake.ml.pytorch import from_torch
 
 from firedrake_msm.metrics import crps
@@ -24,16 +24,38 @@ class Forecast:
         ``(n, T, N_h)`` ensemble mean and spread of the decoded (PoE mean) fine fields.
     crps : numpy.ndarray or None
         ``(n, T)`` the ensemble's CRPS against the truth, when it was given.
+    members : torch.Tensor or None
+        ``(n, S, T, N_h)`` the decoded members, when asked for.
+    space : firedrake.FunctionSpace or None
+        The fine space of the decoded fields (:meth:`function` returns Functions of it).
     """
     times: np.ndarray
     z: torch.Tensor
     mean: torch.Tensor
     std: torch.Tensor
     crps: np.ndarray = None
+    members: torch.Tensor = None
+    space: object = None
+
+    def function(self, k=-1, *, trajectory=0, field="mean", member=None):
+        """A decoded field at output time ``times[k]`` as a Firedrake Function of :attr:`space`.
+
+        ``field``: ``"mean"`` or ``"std"`` (the ensemble's spread), or ``"member"`` with the
+        member's index (when the forecast kept its :attr:`members`)."""
+        if field == "member":
+            if self.members is None:
+                raise ValueError("this forecast kept no members: forecast(..., members=True)")
+            values = self.members[trajectory, member, k]
+        elif field in ("mean", "std"):
+            values = getattr(self, field)[trajectory, k]
+        else:
+            raise ValueError(f"field must be 'mean', 'std' or 'member', not {field!r}")
+        name = field if member is None else f"member {member}"
+        return Function(self.space, name=name).assign(from_torch(values.detach().double().cpu(), self.space))
 
 
 @torch.no_grad()
-def forecast(model, initial, times, *, samples=64, dt=None, seed=0, method="srk", truth=None):
+def forecast(model, initial, times, *, samples=64, dt=None, seed=0, method="srk", truth=None, members=False):
     r"""Integrate the learned SDE from the posterior at the first snapshot.
 
     :math:`z_0 \sim N(\mu(y_0), \mathrm{diag}\,v)` from the encoder, then
@@ -43,8 +65,10 @@ def forecast(model, initial, times, *, samples=64, dt=None, seed=0, method="srk"
     Parameters
     ----------
     model : firedrake_msm.model.MultiscaleModel
-    initial : torch.Tensor
-        ``(n, N_h)`` first fine snapshots.
+    initial : torch.Tensor, firedrake.Function or sequence of Functions
+        ``(n, N_h)`` first fine snapshots in the dof order of the model's fine space
+        (``model.transfer.V_fine``), or Functions: of that space, or of another mesh of the
+        same domain (interpolated onto it).
     times : numpy.ndarray
         ``(T,)`` output times, the first being the initial snapshot's.
     samples : int
@@ -59,9 +83,11 @@ def forecast(model, initial, times, *, samples=64, dt=None, seed=0, method="srk"
     truth : array_like, optional
         ``(n, T, N_h)`` fine snapshots at ``times``: score the ensemble against them (CRPS) while
         it is decoded.
+    members : bool
+        Keep every decoded member (:attr:`Forecast.members`: memory for ``n S T N_h`` values).
     """
     param = next(model.parameters())
-    initial = initial.to(param)
+    initial = fine_states(model, initial).to(param)
     n, S = initial.shape[0], samples
     generator = torch.Generator(device=param.device).manual_seed(seed)
     mean, log_var = model.encode(initial)
@@ -80,15 +106,40 @@ def forecast(model, initial, times, *, samples=64, dt=None, seed=0, method="srk"
         z = torchsde.sdeint(model.sde, z0, ts, bm=bm, dt=dt, method=method)          # (T, n S, D)
     z = z.view(len(times), n, S, -1).permute(1, 2, 0, 3)
     # One time at a time: the whole decoded ensemble would not fit in memory on a fine mesh.
-    means, spreads, scores = [], [], []
+    means, spreads, scores, kept = [], [], [], []
     for k in range(len(times)):
-        members = model.decode(z[:, :, k])[0]                                         # (n, S, N_h)
-        means.append(members.mean(1))
-        spreads.append(members.std(1) if S > 1 else torch.zeros_like(members[:, 0]))
+        decoded = model.decode(z[:, :, k])[0]                                         # (n, S, N_h)
+        means.append(decoded.mean(1))
+        spreads.append(decoded.std(1) if S > 1 else torch.zeros_like(decoded[:, 0]))
         if truth is not None:
-            scores.append(crps(members.double().transpose(0, 1).cpu().numpy(), np.asarray(truth)[:, k]))
+            scores.append(crps(decoded.double().transpose(0, 1).cpu().numpy(), np.asarray(truth)[:, k]))
+        if members:
+            kept.append(decoded)
     return Forecast(np.asarray(times), z, torch.stack(means, dim=1), torch.stack(spreads, dim=1),
-                    np.stack(scores, axis=1) if scores else None)
+                    np.stack(scores, axis=1) if scores else None,
+                    torch.stack(kept, dim=2) if members else None, model.transfer.V_fine)
+
+
+def fine_states(model, initial):
+    """``(n, N_h)`` fine states from a tensor or array, a Function or a sequence of Functions (see
+    :func:`forecast`)."""
+    V = model.transfer.V_fine
+    functions = [initial] if isinstance(initial, Function) else initial
+    if not (isinstance(functions, (list, tuple)) and functions and isinstance(functions[0], Function)):
+        states = torch.as_tensor(initial)
+        if states.ndim != 2 or states.shape[1] != V.dim():
+            raise ValueError(f"initial states must be (n, {V.dim()}) for the model's fine space, not of "
+                             f"shape {tuple(states.shape)}")
+        return states
+    rows = []
+    for f in functions:
+        if f.function_space() != V:
+            if f.function_space().value_shape != V.value_shape:
+                raise ValueError(f"an initial Function of {f.function_space()} has values of shape "
+                                 f"{f.function_space().value_shape}; the model's fine space {V.value_shape}")
+            f = assemble(interpolate(f, V))
+        rows.append(torch.as_tensor(f.dat.data_ro.reshape(-1).copy()))
+    return torch.stack(rows)
 
 
 def write_vtk(path, model, result, truth, trajectory=0, frames=101):

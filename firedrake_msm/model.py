@@ -35,7 +35,9 @@ unstable mode of the latent drift sat in a corner of the boundary.
 The diffusion is diagonal and learned per channel, scaled by :math:`(\bar m / m_i)^{1/2}` with the
 lumped mass :math:`m_i`, so the noise is that of a field, consistent under refinement.
 """
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field, replace
+from importlib.metadata import version
+from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
@@ -46,12 +48,16 @@ from finat.ufl import FiniteElement
 from torch import nn
 from torch.nn.functional import softplus
 
+from firedrake_msm import checkpoint
 from firedrake_msm.bridge import PhysicsDrift
 from firedrake_msm.bridge.mass import MassOperator, bc_dofs, to_torch_sparse
+from firedrake_msm.checkpoint import dataset_image, load_mesh_image, load_space_image, mesh_image
+from firedrake_msm.data import dataset_problem
 from firedrake_msm.decoder import Decoder
 from firedrake_msm.networks import inverse_softplus, mlp
 from firedrake_msm.posterior import Encoder, GaussianProcessSmoother
-from firedrake_msm.problems import PROBLEMS
+from firedrake_msm.meshes import load_mesh
+from firedrake_msm.problems import reference, resolve
 from firedrake_msm.transfer import Transfer, cell_width, scalar_space, scipy_matrix
 
 
@@ -252,10 +258,14 @@ class ModelConfig:
 
     Attributes
     ----------
-    problem : str
-        A name in :data:`firedrake_msm.problems.PROBLEMS`.
-    coarse : int or str, optional
-        The coarse mesh resolution (default: the problem's).
+    problem : Problem, type or str, optional
+        The problem whose coarse discretisation is the physics prior: anything
+        :func:`~firedrake_msm.problems.resolve` takes (default: the one the dataset names).
+    problem_options : dict
+        Keyword arguments of the problem's constructor, where ``problem`` is a class or a name.
+    coarse : int, str or pathlib.Path, optional
+        The coarse mesh: a resolution the problem's :meth:`~firedrake_msm.problems.Problem.mesh`
+        takes (default: the problem's own), or the path of a Gmsh ``.msh``/``.geo`` file.
     n_latent : int
         Auxiliary channels :math:`n_h` (0: the implicit-scale model).
     physics : bool
@@ -266,20 +276,22 @@ class ModelConfig:
     filter_width : float
         Helmholtz filter width of the restriction in units of the local coarse cell size
         :math:`\Delta = |K|^{1/d}` (:func:`~firedrake_msm.transfer.cell_width`); 0.41 matches the
-        second moment of a Gaussian filter two cells wide (:math:`\alpha = \Delta/\sqrt{24}`). On
-        the cylinder's graded mesh a width from the mean cell instead smoothed the boundary layer
-        away: :math:`|y - PRy|/|y|` was 0.216, against 0.088 with the local width.
+        second moment of a Gaussian filter two cells wide (:math:`\alpha = \Delta/\sqrt{24}`). A
+        width following the local cell keeps the boundary layers of graded meshes, which a
+        width from the mean cell smooths away.
     local_decoder : bool
-        Free decoder weights per stencil entry, fitted to data (:class:`~firedrake_msm.decoder.Decoder`), instead of
-        one learned function of the offset: for sub-grid structure tied to the geometry, on the
-        fine mesh of the training data only.
+        Free decoder weights per stencil entry, fitted to data
+        (:class:`~firedrake_msm.decoder.Decoder`), instead of one learned function of the
+        offset: for sub-grid structure tied to the geometry, on the fine mesh of the training
+        data only.
     width, depth, features : int
         Network sizes.
     damping : float
         Initial damping rate of the auxiliary channels, per unit time
         (:class:`MultiscaleSDE`).
     """
-    problem: str
+    problem: object = None
+    problem_options: dict = field(default_factory=dict)
     coarse: object = None
     n_latent: int = 5
     physics: bool = True
@@ -291,21 +303,54 @@ class ModelConfig:
     features: int = 16
     damping: float = 50.0
 
+    def __post_init__(self):
+        for name in ("n_latent", "width", "depth", "features"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < (0 if name == "n_latent" else 1):
+                raise ValueError(f"ModelConfig.{name} must be an integer of at least "
+                                 f"{0 if name == 'n_latent' else 1}, not {value!r}")
+        if self.flux not in ("dissipative", "free"):
+            raise ValueError(f"ModelConfig.flux must be 'dissipative' or 'free', not {self.flux!r}")
+        if not self.filter_width >= 0 or not self.damping > 0:
+            raise ValueError(f"ModelConfig.filter_width must be >= 0 and damping > 0, not "
+                             f"{self.filter_width!r} and {self.damping!r}")
+
 
 class MultiscaleModel(nn.Module):
     """Everything that is learned: :class:`~firedrake_msm.posterior.Encoder`,
     :class:`~firedrake_msm.posterior.GaussianProcessSmoother`, :class:`MultiscaleSDE` and
-    :class:`~firedrake_msm.decoder.Decoder`, built on the problem's coarse mesh for data on ``V_fine``.
+    :class:`~firedrake_msm.decoder.Decoder`, on a coarse mesh, for data on a fine one.
+
+    Build one with :meth:`build` (for a dataset) or :meth:`load` (from a checkpoint alone);
+    :meth:`save` writes one. The constructor takes the meshes as ``CheckpointFile`` images
+    (:mod:`firedrake_msm.checkpoint`), so that a model is rebuilt with the same numbering
+    wherever it is loaded.
 
     Attributes ``problem``, ``V`` (the coarse observed space), ``state`` (a coarse Function of the
-    problem's full, possibly mixed, space) and ``transfer`` are the Firedrake side.
+    problem's full, possibly mixed, space) and ``transfer`` (whose ``V_fine`` is the fine space)
+    are the Firedrake side; ``config`` is the :class:`ModelConfig` with the problem named by
+    :func:`~firedrake_msm.problems.reference`.
+
+    Parameters
+    ----------
+    config : ModelConfig
+    images : dict
+        ``"fine"``: the fine space's image (:func:`~firedrake_msm.checkpoint.dataset_image`),
+        ``"coarse"``: the coarse mesh's (:func:`~firedrake_msm.checkpoint.mesh_image`), and
+        ``"coarse_name"``: that mesh's name.
     """
 
-    def __init__(self, config, V_fine):
+    def __init__(self, config, images):
         super().__init__()
-        self.config = config
-        self.problem = problem = PROBLEMS[config.problem]()
-        mesh = problem.mesh(config.coarse or problem.coarse, comm=COMM_SELF)
+        self.problem = problem = resolve(config.problem, config.problem_options)
+        name, options = reference(problem)
+        self.config = config = replace(config, problem=name, problem_options=options)
+        self.images = images
+        V_fine, _ = load_space_image(images["fine"])
+        mesh = load_mesh_image(images["coarse"], images["coarse_name"])
+        if mesh.geometric_dimension != V_fine.mesh().geometric_dimension:
+            raise ValueError(f"the coarse mesh is {mesh.geometric_dimension}D and the data's fine mesh "
+                             f"{V_fine.mesh().geometric_dimension}D: they must cover the same domain")
         W = problem.function_space(mesh)
         self.state = Function(W)
         observed = problem.observed(self.state).function_space()
@@ -324,6 +369,64 @@ class MultiscaleModel(nn.Module):
                                  fixed_dofs=fixed[fixed < self.V.dim()], width=config.width,
                                  flux=config.flux, depth=config.depth, damping=config.damping)
         self.decoder = Decoder(self.transfer, config.n_latent, local=config.local_decoder)
+
+    @classmethod
+    def build(cls, dataset, config=None, *, mesh=None):
+        """A new model for the data of ``dataset`` (a file of :mod:`firedrake_msm.recorder`).
+
+        Parameters
+        ----------
+        dataset : str or pathlib.Path
+        config : ModelConfig, optional
+            Default ``ModelConfig()``: the dataset's problem on its default coarse mesh.
+        mesh : firedrake.MeshGeometry, optional
+            The coarse mesh, on one process (e.g. from :func:`~firedrake_msm.meshes.load_mesh`
+            with ``comm=COMM_SELF``); default: as ``config.coarse`` says.
+        """
+        config = config or ModelConfig()
+        if config.problem is None:
+            name, options = dataset_problem(dataset)
+            config = replace(config, problem=name, problem_options=options)
+        problem = resolve(config.problem, config.problem_options)
+        if mesh is None:
+            coarse = problem.coarse if config.coarse is None else config.coarse
+            if isinstance(coarse, (str, Path)) and Path(coarse).suffix in (".msh", ".geo"):
+                mesh = load_mesh(coarse, comm=COMM_SELF)[0]
+            else:
+                mesh = problem.mesh(coarse, comm=COMM_SELF)
+        elif mesh.comm.size != 1:
+            raise ValueError(f"the coarse mesh is distributed over {mesh.comm.size} processes: load it with "
+                             "comm=COMM_SELF (every process holds the whole coarse mesh)")
+        images = {"fine": dataset_image(dataset), "coarse": mesh_image(mesh), "coarse_name": mesh.name}
+        return cls(replace(config, problem=problem, problem_options={}), images)
+
+    def save(self, path, **contents):
+        """Write the model to ``path`` (atomically), with more ``contents`` (tensors, numbers,
+        strings, lists and dicts: a training run adds its optimiser's state). The file is all that
+        :meth:`load` needs."""
+        checkpoint.save(path, {"model": self.state_dict(), "model_config": asdict(self.config),
+                               "images": self.images,
+                               "version": version("firedrake-msm"), **contents})
+
+    @classmethod
+    def load(cls, path, *, device="cpu"):
+        """The model of a checkpoint, in evaluation mode, with the averaged parameters where the
+        run kept an average. The checkpoint's other contents are in the model's ``metadata``.
+
+        Raises
+        ------
+        FileNotFoundError, firedrake_msm.checkpoint.CheckpointError
+            No such file; a corrupt, foreign or other-version file.
+        firedrake_msm.problems.ProblemNotFound
+            When the problem it names cannot be imported here.
+        """
+        contents = checkpoint.read(path, map_location=device)
+        model = cls(ModelConfig(**contents["model_config"]), contents["images"])
+        dtype = contents.get("train_config", {}).get("dtype", "float64")
+        model = model.to(dtype=getattr(torch, dtype), device=device)
+        model.load_state_dict({**contents["model"], **(contents.get("average") or {})})
+        model.metadata = {k: v for k, v in contents.items() if k not in ("model", "average", "images")}
+        return model.eval()
 
     def encode(self, fine):
         """Mean ``(..., D)`` of the latent state at fine snapshots ``(..., N_h)`` and the

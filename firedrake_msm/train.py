@@ -1,6 +1,5 @@
 r"""Amortized variational training: the solver-free ELBO, Adam, checkpoints and exact resumption."""
 import csv
-import os
 import random
 import time
 from contextlib import contextmanager
@@ -11,7 +10,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from firedrake_msm.data import SnapshotWindows, load_space, load_trajectories, splits
+from firedrake_msm import checkpoint
+from firedrake_msm.data import SnapshotWindows, check_space, load_trajectories, splits
 from firedrake_msm.elbo import (drift_residual, elbo, gaussian_log_likelihood, reparametrise,
                                 residual_energy, stratified_times)
 from firedrake_msm.forecast import forecast
@@ -125,22 +125,27 @@ def relative_errors(model, snapshots, times, *, samples, seed=0):
     return relative_l2(snapshots, result.mean.cpu())
 
 
-def train(dataset, folder, model_config, config=TrainConfig(), *, resume=False, warm_start=None,
-          progress=True, position=None):
+def fit(dataset, folder, model_config=None, config=TrainConfig(), *, mesh=None, resume=False, warm_start=None,
+        progress=True, position=None):
     r"""Train a :class:`~firedrake_msm.model.MultiscaleModel` on ``dataset``.
 
     Writes into ``folder``: ``checkpoint.pt`` (the last state: model, optimiser, scheduler, step
     and every random state, replaced atomically), ``best.pt`` (the best validation forecast so
     far) and ``log.csv`` (one row per step: ELBO, likelihood, KL, beta, learning rate, seconds;
-    validation error when measured).
+    validation error when measured). Both checkpoints hold the meshes: they load with
+    :meth:`~firedrake_msm.model.MultiscaleModel.load` and nothing else.
 
     Parameters
     ----------
     dataset : str or pathlib.Path
-        A file written by :func:`firedrake_msm.dns.simulate`.
+        A file written by :class:`~firedrake_msm.recorder.Recorder` (or
+        :func:`~firedrake_msm.dns.simulate`).
     folder : str or pathlib.Path
-    model_config : firedrake_msm.model.ModelConfig
+    model_config : firedrake_msm.model.ModelConfig, optional
+        Default ``ModelConfig()``: the dataset's problem on its default coarse mesh.
     config : TrainConfig
+    mesh : firedrake.MeshGeometry, optional
+        The coarse mesh (see :meth:`~firedrake_msm.model.MultiscaleModel.build`).
     resume : bool
         Continue from ``folder/checkpoint.pt``: the same parameters and losses as a run that was
         never interrupted.
@@ -164,103 +169,173 @@ def train(dataset, folder, model_config, config=TrainConfig(), *, resume=False, 
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    last, best = folder / "checkpoint.pt", folder / "best.pt"
-    dtype = getattr(torch, config.dtype)
+    last = folder / "checkpoint.pt"
+    _check(config)
     _seed(config.seed)
-    V_fine, _ = load_space(dataset)
-    model = MultiscaleModel(model_config, V_fine).to(dtype=dtype, device=config.device)
+    saved = checkpoint.read(last) if resume and last.exists() else None
+    model = _model(dataset, model_config or ModelConfig(), mesh, saved)
+    model = model.to(dtype=_dtype(config), device=config.device)
     parts = splits(dataset)
     windows = SnapshotWindows(dataset, window=config.window, noise_std=config.noise_std, seed=config.seed,
-                              dtype=dtype, **parts["train"])
-    validation = load_trajectories(dataset, **parts["validation"])
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, config.decay_every, gamma=config.decay)
-    sampler = torch.Generator().manual_seed(config.seed)
-    state = {"step": 0, "best": float("inf")}
-    average = None
-    if resume and last.exists():
-        checkpoint = torch.load(last, weights_only=False)
-        model.load_state_dict(checkpoint["model"])
-        average = checkpoint.get("average")
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scheduler.load_state_dict(checkpoint["scheduler"])
-        sampler.set_state(checkpoint["rng"]["sampler"])
-        _set_rng(checkpoint["rng"])
-        state = checkpoint["state"]
-        _truncate_log(folder / "log.csv", state["step"])
+                              dtype=_dtype(config), **parts["train"])
+    run = _Run(model, folder, dataset, config)
+    if saved is not None:
+        run.restore(saved)
     else:
         if warm_start is not None:
-            missing = _load_matching(model, _evaluated(torch.load(warm_start, weights_only=False)))
+            missing = _load_matching(model, _evaluated(checkpoint.read(warm_start)))
             if "decoder.field.values" in missing:          # local weights after a shared field
                 model.calibrate_decoder(_sample_snapshots(windows, config))
         else:
             model.calibrate(_sample_snapshots(windows, config))
-        _truncate_log(folder / "log.csv")
-    if config.average and average is None:
-        average = {name: p.detach().clone() for name, p in model.named_parameters()}
-
-    bar = tqdm(total=config.steps, initial=state["step"], desc=f"training {folder.name}", unit="step",
-               disable=not progress, position=position)
-    with open(folder / "log.csv", "a", newline="") as log_file:
-        log = csv.writer(log_file, lineterminator="\n")
-        if state["step"] == 0:
-            log.writerow(["step", "elbo", "likelihood", "kl", "beta", "lr", "seconds", "validation_error"])
-        # The log's seconds count the whole training, across resumes.
-        start = time.perf_counter() - state.get("seconds", 0.0)
-        for step in range(state["step"], config.steps):
-            index = torch.randint(len(windows), (config.batch_size,), generator=sampler)
-            batch = _collate([windows[int(k)] for k in index], config.device)
-            beta = min(1.0, (step + 1) / config.beta_warmup)
-            loss, terms = negative_elbo(model, batch, beta=beta, residual_times=config.residual_times)
-            if not torch.isfinite(loss):
-                raise TrainingDiverged(f"the loss is {loss.item()} at step {step + 1} (terms {terms}); the "
-                                       f"last good state is in {last}: resume from it with a lower learning "
-                                       "rate")
-            optimizer.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip)
-            optimizer.step()
-            scheduler.step()
-            if average is not None:
-                _update_average(average, model, min(config.average, (1 + step) / (10 + step)))
-            state["step"] = step + 1
-            error = ""
-            if config.validate_every and state["step"] % config.validate_every == 0:
-                with _parameters(model, average):
-                    error = float(relative_errors(model, validation[1], validation[0],
-                                                  samples=config.validation_samples, seed=config.seed).mean())
-                if error < state["best"]:
-                    state["best"] = error
-                    _save(best, model, optimizer, scheduler, sampler, state, model_config, config, dataset,
-                          average)
-            state["seconds"] = time.perf_counter() - start
-            log.writerow([state["step"], terms["elbo"], terms["likelihood"], terms["kl"], beta,
-                          scheduler.get_last_lr()[0], state["seconds"], error])
-            bar.update()
-            bar.set_postfix(elbo=f"{terms['elbo']:.3g}", kl=f"{terms['kl']:.3g}",
-                            val=f"{state['best']:.3g}")
-            if state["step"] % config.checkpoint_every == 0 or state["step"] == config.steps:
-                log_file.flush()
-                _save(last, model, optimizer, scheduler, sampler, state, model_config, config, dataset,
-                      average)
-    bar.close()
-    return best if best.exists() else last
+        run.start()
+    validation = load_trajectories(dataset, **parts["validation"])
+    run.train(windows, validation, progress=progress, position=position)
+    return run.best if run.best.exists() else last
 
 
-def load(checkpoint, *, device="cpu"):
-    """The trained model of a checkpoint (in evaluation mode, with the averaged parameters where
-    the run kept an average), and the checkpoint's contents."""
-    checkpoint = torch.load(checkpoint, map_location=device, weights_only=False)
-    V_fine, _ = load_space(checkpoint["dataset"])
-    model = MultiscaleModel(ModelConfig(**checkpoint["model_config"]), V_fine)
-    model = model.to(dtype=getattr(torch, checkpoint["train_config"]["dtype"]), device=device)
-    model.load_state_dict(_evaluated(checkpoint))
-    return model.eval(), checkpoint
+class _Run:
+    """The state of a training run (optimiser, scheduler, sampler, average, step and best error)
+    and its steps, logs and checkpoints."""
+
+    def __init__(self, model, folder, dataset, config):
+        self.model, self.folder, self.dataset, self.config = model, folder, dataset, config
+        self.last, self.best = folder / "checkpoint.pt", folder / "best.pt"
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+        self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, config.decay_every,
+                                                         gamma=config.decay)
+        self.sampler = torch.Generator().manual_seed(config.seed)
+        self.state = {"step": 0, "best": float("inf"), "seconds": 0.0}
+        self.average = None
+
+    def start(self):
+        _truncate_log(self.folder / "log.csv")
+        if self.config.average:
+            self.average = {name: p.detach().clone() for name, p in self.model.named_parameters()}
+
+    def restore(self, saved):
+        self.model.load_state_dict(saved["model"])
+        self.average = saved.get("average")
+        if self.config.average and self.average is None:      # an average begun at the resume
+            self.average = {name: p.detach().clone() for name, p in self.model.named_parameters()}
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.scheduler.load_state_dict(saved["scheduler"])
+        self.sampler.set_state(saved["rng"]["sampler"])
+        _set_rng(saved["rng"])
+        self.state = dict(saved["state"])
+        _truncate_log(self.folder / "log.csv", self.state["step"])
+
+    def train(self, windows, validation, *, progress, position):
+        config = self.config
+        bar = tqdm(total=config.steps, initial=self.state["step"], desc=f"training {self.folder.name}",
+                   unit="step", disable=not progress, position=position)
+        with open(self.folder / "log.csv", "a", newline="") as log_file:
+            log = csv.writer(log_file, lineterminator="\n")
+            if self.state["step"] == 0:
+                log.writerow(["step", "elbo", "likelihood", "kl", "beta", "lr", "seconds",
+                              "validation_error"])
+            # The log's seconds count the whole training, across resumes.
+            start = time.perf_counter() - self.state["seconds"]
+            for step in range(self.state["step"], config.steps):
+                beta = min(1.0, (step + 1) / config.beta_warmup)
+                terms = self.step(windows, beta)
+                self.state["step"] = step + 1
+                error = ""
+                if config.validate_every and self.state["step"] % config.validate_every == 0:
+                    error = self.validate(validation)
+                self.state["seconds"] = time.perf_counter() - start
+                log.writerow([self.state["step"], terms["elbo"], terms["likelihood"], terms["kl"], beta,
+                              self.scheduler.get_last_lr()[0], self.state["seconds"], error])
+                bar.update()
+                bar.set_postfix(elbo=f"{terms['elbo']:.3g}", kl=f"{terms['kl']:.3g}",
+                                val=f"{self.state['best']:.3g}")
+                if self.state["step"] % config.checkpoint_every == 0 or self.state["step"] == config.steps:
+                    log_file.flush()
+                    self.save(self.last)
+        bar.close()
+
+    def step(self, windows, beta):
+        """One optimiser step on a batch of windows; the ELBO's terms."""
+        config, model = self.config, self.model
+        index = torch.randint(len(windows), (config.batch_size,), generator=self.sampler)
+        batch = _collate([windows[int(k)] for k in index], config.device)
+        loss, terms = negative_elbo(model, batch, beta=beta, residual_times=config.residual_times)
+        if not torch.isfinite(loss):
+            raise TrainingDiverged(f"the loss is {loss.item()} at step {self.state['step'] + 1} "
+                                   f"(terms {terms}); the last good state is in {self.last}: resume from "
+                                   "it with a lower learning rate")
+        self.optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        if self.average is not None:
+            k = self.state["step"]
+            _update_average(self.average, model, min(config.average, (1 + k) / (10 + k)))
+        return terms
+
+    def validate(self, validation):
+        """The mean relative error of validation forecasts (with the averaged parameters); keeps
+        the best model in ``best.pt``."""
+        times, snapshots = validation
+        with _parameters(self.model, self.average):
+            errors = relative_errors(self.model, snapshots, times, samples=self.config.validation_samples,
+                                     seed=self.config.seed)
+        error = float(errors.mean())
+        if error < self.state["best"]:
+            self.state["best"] = error
+            self.save(self.best)
+        return error
+
+    def save(self, path):
+        self.model.save(path, average=self.average, optimizer=self.optimizer.state_dict(),
+                        scheduler=self.scheduler.state_dict(), state=dict(self.state),
+                        rng={"sampler": self.sampler.get_state(), **_get_rng()},
+                        train_config=asdict(self.config), dataset=str(Path(self.dataset).resolve()))
 
 
-def _evaluated(checkpoint):
+def _model(dataset, model_config, mesh, saved):
+    """The model to train: new, or as a checkpoint to resume from holds it (its meshes too)."""
+    if saved is None:
+        return MultiscaleModel.build(dataset, model_config, mesh=mesh)
+    model = MultiscaleModel(ModelConfig(**saved["model_config"]), saved["images"])
+    given, kept = asdict(model_config), saved["model_config"]
+    differ = [k for k, v in given.items()
+              if k not in ("problem", "problem_options", "coarse") and kept.get(k) != v]
+    if differ:
+        was = ", ".join(f"{k}={kept.get(k)!r}" for k in differ)
+        now = ", ".join(f"{k}={given[k]!r}" for k in differ)
+        raise ValueError(f"the run to resume was trained with {was}, not {now}: resume with its settings or "
+                         "start a new run")
+    check_space(dataset, model.transfer.V_fine)
+    return model
+
+
+def _check(config):
+    """Clear errors for settings that cannot train."""
+    positive = ("steps", "batch_size", "beta_warmup", "residual_times", "decay_every", "checkpoint_every",
+                "validation_samples")
+    for name in positive:
+        if getattr(config, name) < 1:
+            raise ValueError(f"TrainConfig.{name} must be at least 1, not {getattr(config, name)}")
+    if config.validate_every < 0 or not config.lr >= 0 or not 0 <= config.average < 1:
+        raise ValueError(f"TrainConfig needs validate_every >= 0, lr >= 0 and 0 <= average < 1, not "
+                         f"{config.validate_every}, {config.lr} and {config.average}")
+    if config.dtype not in ("float32", "float64"):
+        raise ValueError(f"TrainConfig.dtype must be 'float32' or 'float64', not {config.dtype!r}")
+    try:
+        torch.empty(0, device=config.device)
+    except (RuntimeError, AssertionError) as error:
+        raise ValueError(f"TrainConfig.device {config.device!r} is not available here: {error}") from None
+
+
+def _dtype(config):
+    return getattr(torch, config.dtype)
+
+
+def _evaluated(saved):
     """A checkpoint's state dict with the averaged parameters, where it has them."""
-    return {**checkpoint["model"], **(checkpoint.get("average") or {})}
+    return {**saved["model"], **(saved.get("average") or {})}
 
 
 # Not torch.optim.swa_utils.AveragedModel: it deep-copies the module, and ours holds Firedrake
@@ -285,18 +360,6 @@ def _parameters(model, average):
         model.load_state_dict(raw, strict=False)
 
 
-def _save(path, model, optimizer, scheduler, sampler, state, model_config, config, dataset, average):
-    """Write a checkpoint atomically: a crash mid-write leaves the previous one intact."""
-    checkpoint = {"model": model.state_dict(), "average": average, "optimizer": optimizer.state_dict(),
-                  "scheduler": scheduler.state_dict(), "state": dict(state),
-                  "rng": {"sampler": sampler.get_state(), **_get_rng()},
-                  "model_config": asdict(model_config), "train_config": asdict(config),
-                  "dataset": str(Path(dataset).resolve())}
-    partial = path.with_suffix(".partial")
-    torch.save(checkpoint, partial)
-    os.replace(partial, path)
-
-
 def _seed(seed):
     torch.manual_seed(seed)
     np.random.seed(seed)
@@ -304,7 +367,10 @@ def _seed(seed):
 
 
 def _get_rng():
-    rng = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """Every random state, as tensors, numbers and tuples (a checkpoint loads with weights_only)."""
+    kind, keys, position, has_gauss, gauss = np.random.get_state()
+    rng = {"torch": torch.get_rng_state(), "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), position,
+                                                     has_gauss, gauss], "python": random.getstate()}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state_all()
     return rng
@@ -312,7 +378,8 @@ def _get_rng():
 
 def _set_rng(rng):
     torch.set_rng_state(rng["torch"])
-    np.random.set_state(rng["numpy"])
+    kind, keys, position, has_gauss, gauss = rng["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, gauss))
     random.setstate(rng["python"])
     if "cuda" in rng and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(rng["cuda"])

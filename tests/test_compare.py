@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from firedrake_msm.cli import main
-from firedrake_msm.compare import METHODS, Settings
+from firedrake_msm.compare import METHODS
+from firedrake_msm.protocol import Protocol
 
 
 @pytest.mark.parametrize("case", ["kdv"])
@@ -39,15 +40,29 @@ def test_compare_writes_tables_plots_and_vtk(tmp_path, monkeypatch, capsys, case
     assert (run / "checkpoint.pt").stat().st_mtime == before
 
 
-def test_settings_follow_the_protocol_and_its_departures():
+def test_the_reference_protocols_are_their_configuration_files():
     """DESIGN.md §4: data noise 0.001, 0.01 for KdV; Burgers' fine mesh is 64²; the cylinder trains
     on fewer samples a step, with the local decoder; the 1D cases average their parameters."""
-    kdv, burgers, cylinder = (Settings.for_case(case).train for case in ("kdv", "burgers2d", "cylinder"))
-    assert Settings.for_case("burgers2d").dns == {"resolution": 64} and Settings.for_case("kdv").dns == {}
-    assert Settings.for_case("kdv").model == {"flux": "free"} and Settings.for_case("burgers2d").model == {}
-    assert (kdv.noise_std, burgers.noise_std, cylinder.noise_std) == (0.01, 0.001, 0.001)
-    assert (burgers.batch_size, burgers.residual_times) == (8, 32)
-    assert (cylinder.batch_size, cylinder.residual_times) == (2, 8)
-    assert Settings.for_case("cylinder").model == {"local_decoder": True}
-    assert Settings.for_case("pulse").train.average == kdv.average == 0.999 and burgers.average == 0.0
-    assert Settings.for_case("pulse").train.validate_every == 250 and kdv.validate_every == 1000
+    kdv, burgers, cylinder, pulse = map(Protocol.load, ("kdv", "burgers2d", "cylinder", "pulse"))
+    assert burgers.dns == {"resolution": 64} and kdv.dns == {}
+    assert kdv.model == {"n_latent": 5, "flux": "free"} and burgers.model == {"n_latent": 5}
+    assert (kdv.train.noise_std, burgers.train.noise_std, cylinder.train.noise_std) == (0.01, 0.001, 0.001)
+    assert (burgers.train.batch_size, burgers.train.residual_times) == (8, 32)
+    assert (cylinder.train.batch_size, cylinder.train.residual_times) == (2, 8)
+    assert cylinder.model_config(5).local_decoder and cylinder.model_config(0).n_latent == 0
+    assert pulse.train.average == kdv.train.average == 0.999 and burgers.train.average == 0.0
+    assert pulse.train.validate_every == 250 and kdv.train.validate_every == 1000
+    assert kdv.reference["multiscale"] == 0.042 and kdv.fast().dns["resolution"] == 100
+
+
+def test_a_protocol_file_of_ones_own(tmp_path):
+    """A copied and edited protocol: relative paths are the file's; unknown keys are named."""
+    (tmp_path / "mine.toml").write_text('problem = "heat.py:Heat"\ndataset = "heat.h5"\n'
+                                        "[model]\nn_latent = 3\n[train]\nsteps = 10\n")
+    protocol = Protocol.load(tmp_path / "mine.toml")
+    assert protocol.name == "mine" and protocol.problem == f"{tmp_path}/heat.py:Heat"
+    assert protocol.dataset == tmp_path / "heat.h5" and protocol.train.steps == 10
+    assert protocol.model_config(3).n_latent == 3 and protocol.train.batch_size == 8
+    (tmp_path / "bad.toml").write_text('problem = "kdv"\n[model]\nwidht = 3\n')
+    with pytest.raises(ValueError, match="unknown \\[model\\] settings \\[\'widht\'\\]"):
+        Protocol.load(tmp_path / "bad.toml")

@@ -10,7 +10,7 @@ from firedrake import (COMM_SELF, COMM_WORLD, CheckpointFile, Function, Function
 
 from firedrake_msm.data import load_space
 from firedrake_msm.dns import simulate
-from firedrake_msm.problems import AdvectedPulse, Burgers2D, Cylinder, KdV
+from firedrake_msm.problems import AdvectedPulse, Burgers2D, Cylinder, KdV, ProblemNotFound
 
 
 def read(path):
@@ -70,7 +70,7 @@ def test_mesh_and_dof_index_load_back(tmp_path):
 
 
 def test_bad_input_leaves_no_file(tmp_path):
-    with pytest.raises(ValueError, match="unknown problem"):
+    with pytest.raises(ProblemNotFound, match="no problem named 'nonsense'"):
         simulate("nonsense", tmp_path / "x.h5", trajectories=1)
     with pytest.raises(ValueError, match="multiples of dt"):
         simulate("pulse", tmp_path / "x.h5", trajectories=1, dt=0.3, t_end=1.0)

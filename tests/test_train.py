@@ -9,9 +9,9 @@ from firedrake import COMM_SELF, CheckpointFile, Function, FunctionSpace
 
 from firedrake_msm.dns import simulate
 from firedrake_msm.forecast import forecast, write_vtk
-from firedrake_msm.model import ModelConfig
+from firedrake_msm.model import ModelConfig, MultiscaleModel
 from firedrake_msm.problems import AdvectedPulse, KdV
-from firedrake_msm.train import TrainConfig, TrainingDiverged, load, train
+from firedrake_msm.train import TrainConfig, TrainingDiverged, fit
 
 
 def write_dataset(path, V, snapshots, times):
@@ -56,9 +56,8 @@ def test_recovers_a_known_linear_sde(tmp_path):
     data = write_dataset(tmp_path / "ou.h5", V, X, dt * np.arange(steps))
     config = TrainConfig(steps=2000, window=32, lr=1e-2, decay=0.5, decay_every=700, beta_warmup=500,
                          residual_times=64, validate_every=0, checkpoint_every=2000)
-    model, _ = load(train(data, tmp_path / "run", ModelConfig("pulse", coarse=n, n_latent=0, physics=False,
-                                                              filter_width=0.0, width=32), config,
-                          progress=False))
+    config_ = ModelConfig("pulse", coarse=n, n_latent=0, physics=False, filter_width=0.0, width=32)
+    model = MultiscaleModel.load(fit(data, tmp_path / "run", config_, config, progress=False))
     z = torch.as_tensor(X[-2:].reshape(-1, n), dtype=torch.float32)      # test trajectories
     with torch.no_grad():
         f = model.sde.f(0.0, z)
@@ -74,12 +73,12 @@ def test_recovers_a_known_linear_sde(tmp_path):
 def test_resume_gives_the_uninterrupted_run(kdv, tmp_path):
     """The same parameters, parameter average and log, whether interrupted or not."""
     config = ModelConfig("kdv", n_latent=2, width=16, features=4)
-    train(kdv, tmp_path / "once", config, tiny(average=0.9), progress=False)
-    train(kdv, tmp_path / "twice", config, tiny(steps=3, average=0.9), progress=False)
+    fit(kdv, tmp_path / "once", config, tiny(average=0.9), progress=False)
+    fit(kdv, tmp_path / "twice", config, tiny(steps=3, average=0.9), progress=False)
     with open(tmp_path / "twice/log.csv", "a") as log:    # logged after the checkpoint, then stopped
         log.write("4,0,0,0,0,0,0,\n")
-    train(kdv, tmp_path / "twice", config, tiny(average=0.9), resume=True, progress=False)
-    once, twice = (torch.load(tmp_path / run / "checkpoint.pt", weights_only=False)
+    fit(kdv, tmp_path / "twice", config, tiny(average=0.9), resume=True, progress=False)
+    once, twice = (torch.load(tmp_path / run / "checkpoint.pt", weights_only=True)
                    for run in ("once", "twice"))
     for key in ("model", "average"):
         assert once[key].keys() == twice[key].keys()
@@ -94,8 +93,8 @@ def test_validation_does_not_change_what_is_trained(kdv, tmp_path):
     never, a run trains the same parameters."""
     config = ModelConfig("kdv", n_latent=1, width=8, features=4)
     for every in (0, 1):
-        train(kdv, tmp_path / str(every), config, tiny(steps=4, validate_every=every), progress=False)
-    never, always = (torch.load(tmp_path / str(every) / "checkpoint.pt", weights_only=False)["model"]
+        fit(kdv, tmp_path / str(every), config, tiny(steps=4, validate_every=every), progress=False)
+    never, always = (torch.load(tmp_path / str(every) / "checkpoint.pt", weights_only=True)["model"]
                      for every in (0, 1))
     assert all(torch.equal(never[k], always[k]) for k in never)
 
@@ -106,11 +105,11 @@ def test_the_trained_model_is_the_parameter_average(kdv, tmp_path):
     config = ModelConfig("kdv", n_latent=1, width=8, features=4)
     checkpoints = []
     for steps in (5, 6):
-        train(kdv, tmp_path / str(steps), config, tiny(steps=steps, average=0.3, validate_every=0,
-                                                       checkpoint_every=steps), progress=False)
-        checkpoints.append(torch.load(tmp_path / str(steps) / "checkpoint.pt", weights_only=False))
+        fit(kdv, tmp_path / str(steps), config, tiny(steps=steps, average=0.3, validate_every=0,
+                                                     checkpoint_every=steps), progress=False)
+        checkpoints.append(torch.load(tmp_path / str(steps) / "checkpoint.pt", weights_only=True))
     before, after = checkpoints
-    model, _ = load(tmp_path / "6/checkpoint.pt")
+    model = MultiscaleModel.load(tmp_path / "6/checkpoint.pt")
     for name, p in model.named_parameters():
         want = 0.3 * before["average"][name] + 0.7 * after["model"][name]
         assert torch.allclose(after["average"][name], want, atol=1e-7)
@@ -127,13 +126,13 @@ def test_diverging_loss_stops_with_a_clear_error(kdv, tmp_path):
     snapshots[:, 5, 3] = np.nan
     bad = write_dataset(tmp_path / "bad.h5", V, snapshots, times)
     with pytest.raises(TrainingDiverged, match="the loss is nan at step 1"):
-        train(bad, tmp_path / "run", ModelConfig("kdv", n_latent=1, width=8), tiny(window=31), progress=False)
+        fit(bad, tmp_path / "run", ModelConfig("kdv", n_latent=1, width=8), tiny(window=31), progress=False)
 
 
 def test_forecast_is_seeded_and_writes_vtk(kdv, tmp_path):
-    best = train(kdv, tmp_path / "run", ModelConfig("kdv", n_latent=2, width=16, features=4), tiny(),
-                 progress=False)
-    model, checkpoint = load(best)
+    best = fit(kdv, tmp_path / "run", ModelConfig("kdv", n_latent=2, width=16, features=4), tiny(),
+               progress=False)
+    model = MultiscaleModel.load(best)
     from firedrake_msm.data import load_trajectories
     times, truth = load_trajectories(kdv, trajectories=[3])
     a, b = (forecast(model, torch.as_tensor(truth[:, 0]), times, samples=3, seed=1) for _ in range(2))
@@ -150,11 +149,11 @@ def test_a_local_decoder_warm_started_from_a_shared_one_is_fitted_to_the_trained
     """Warm start (no optimiser step: zero learning rate) of a local-decoder model from a
     shared-decoder run: the encoder is the run's, and the decoder's local weights are fitted to
     the encoded state, the auxiliary channel included."""
-    shared = train(kdv, tmp_path / "shared", ModelConfig("kdv", n_latent=1), tiny(steps=2, validate_every=0),
-                   progress=False)
-    local = train(kdv, tmp_path / "local", ModelConfig("kdv", n_latent=1, local_decoder=True),
-                  tiny(steps=1, lr=0.0, validate_every=0), warm_start=shared, progress=False)
-    (before, _), (after, _) = load(shared), load(local)
+    shared = fit(kdv, tmp_path / "shared", ModelConfig("kdv", n_latent=1), tiny(steps=2, validate_every=0),
+                 progress=False)
+    local = fit(kdv, tmp_path / "local", ModelConfig("kdv", n_latent=1, local_decoder=True),
+                tiny(steps=1, lr=0.0, validate_every=0), warm_start=shared, progress=False)
+    before, after = MultiscaleModel.load(shared), MultiscaleModel.load(local)
     for p, q in zip(before.encoder.parameters(), after.encoder.parameters()):
         assert torch.equal(p, q)
     values = after.decoder.field.values                                            # (E, 1, 1 + n_h)

@@ -1,4 +1,6 @@
-"""What a reference problem is."""
+"""What a problem is."""
+import inspect
+
 from firedrake import SpatialCoordinate, dx, inner
 from irksome import Dt, GaussLegendre
 
@@ -12,12 +14,21 @@ class Problem:
     conditions. The same residual :math:`F` serves the fine DNS (through Irksome), the coarse
     baselines and the torch bridge. Problems know nothing of torch.
 
-    Subclasses set :attr:`name`, :attr:`t_end`, :attr:`dt`, :attr:`parameter_names` and implement
+    Subclasses set :attr:`t_end`, :attr:`dt`, :attr:`parameter_names` and implement
     :meth:`mesh`, :meth:`function_space`, :meth:`residual`, :meth:`draw` and
     :meth:`initial_condition`; :meth:`bcs`, :meth:`time_derivative` and :meth:`observed` have
-    defaults.
+    defaults. A subclass may take keyword arguments (physical parameters, a mesh file): they are
+    recorded as :attr:`options` and stored with datasets and checkpoints, so that another process
+    rebuilds the same problem from its class's import path
+    (:func:`~firedrake_msm.problems.resolve`). They must then be numbers, strings, lists or dicts.
+
+    Attributes
+    ----------
+    name : str
+        A label for files and progress bars (default: the class's name in lower case).
+    options : dict
+        The keyword arguments the problem was constructed with.
     """
-    name = None
     t_end = 1.0            # simulated time of one trajectory
     spin_up = 0.0          # time simulated before the first stored snapshot
     dt = 1e-3              # DNS time step, and the interval between stored snapshots
@@ -36,6 +47,33 @@ class Problem:
     # interval dt), where the output interval is too long for the learned model: unstable on the
     # cylinder's small cells, not converged on the pulse.
     forecast_dt = None
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "name" not in cls.__dict__:
+            cls.name = cls.__name__.lower()
+
+    def __new__(cls, *args, **kwargs):
+        self = super().__new__(cls)
+        self.options = {}
+        signature = constructor_signature(cls)
+        for name, value in signature.bind(*args, **kwargs).arguments.items():
+            kind = signature.parameters[name].kind
+            if kind is inspect.Parameter.VAR_POSITIONAL:
+                raise TypeError(f"{cls.__qualname__} takes *{name}: a problem's arguments are recorded by "
+                                "name, so that it can be rebuilt; take keyword arguments instead")
+            self.options.update(value if kind is inspect.Parameter.VAR_KEYWORD else {name: value})
+        return self
+
+    def __reduce__(self):
+        # Pickled by name, as datasets and checkpoints store it: a worker process imports a class
+        # defined in the user's own file from that file.
+        from firedrake_msm.problems.lookup import reference, resolve
+        return resolve, reference(self)
+
+    def __repr__(self):
+        arguments = ", ".join(f"{k}={v!r}" for k, v in self.options.items())
+        return f"{type(self).__qualname__}({arguments})"
 
     def mesh(self, resolution, comm):
         """The mesh at ``resolution`` (cells per side or a problem-specific key)."""
@@ -76,3 +114,12 @@ class Problem:
     def diagnostics(self, u):
         """Scalars stored beside each snapshot (name to value), e.g. a lift coefficient."""
         return {}
+
+
+def constructor_signature(cls):
+    """The signature of a problem class's constructor, without ``self`` (empty where the class
+    defines no ``__init__``)."""
+    if cls.__init__ is object.__init__:
+        return inspect.Signature()
+    return inspect.signature(cls.__init__).replace(
+        parameters=list(inspect.signature(cls.__init__).parameters.values())[1:])
