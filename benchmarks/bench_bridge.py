@@ -8,8 +8,15 @@ coarse sizes N ~ 1e2 .. 1e5 (CG1 and CG2) and batches B = 1, 16, 64, in float64 
 - fem_operator: B calls of ``firedrake.ml.pytorch.fem_operator`` (pyadjoint replay);
 - floor: the same dense basis contractions alone (no gather, pointwise work or scatter).
 
+Then the same measurements for two forms with facet integrals, N ~ 1e2 .. 1e4:
+
+- burgers_robin: the Burgers form (CG1) plus a Robin boundary term (2 u - g) v ds;
+- dg_ip: symmetric interior penalty for -div((1 + u^2) grad u) + u on DG1, with interior (dS)
+  and boundary (ds) penalties.
+
 Usage: python benchmarks/bench_bridge.py [--quick] [--compile] [--device cuda] [--dtype float32]
-``--quick`` runs N ~ 1e3 (CG1), B = 64 only; the last line is then a JSON summary.
+``--quick`` runs N ~ 1e3, B = 64 only, for the three forms; the last line is then a JSON summary
+(the Burgers row's keys, and each facet form's under its name).
 """
 import argparse
 import json
@@ -17,13 +24,15 @@ import time
 
 import numpy as np
 import torch
-from firedrake import (Constant, Function, FunctionSpace, TestFunction, UnitSquareMesh, assemble, dx,
-                       grad, inner)
+from firedrake import (CellDiameter, Constant, FacetNormal, Function, FunctionSpace, SpatialCoordinate,
+                       TestFunction, UnitSquareMesh, assemble, avg, dS, ds, dx, grad, inner, jump, sin)
 
 from firedrake_msm.bridge import ResidualOperator
 
 # Cells per side giving N ~ 1e2, 1e3, 1e4, 1e5 dofs.
 SIZES = {1: [9, 31, 99, 315], 2: [5, 15, 49, 157]}
+# The same for the facet forms, N ~ 1e2, 1e3, 1e4 (DG1 has 6 dofs per square).
+FACET_SIZES = {"burgers_robin": [9, 31, 99], "dg_ip": [4, 13, 41]}
 
 
 def timeit(fn, min_time=0.3, max_repeat=200):
@@ -42,6 +51,29 @@ def burgers(n, degree):
     V = FunctionSpace(UnitSquareMesh(n, n), "CG", degree)
     u, v = Function(V), TestFunction(V)
     return (u * (u.dx(0) + u.dx(1)) * v + Constant(0.005) * inner(grad(u), grad(v))) * dx, u
+
+
+def burgers_robin(n, degree=1):
+    F, u = burgers(n, degree)
+    v = TestFunction(u.function_space())
+    x, y = SpatialCoordinate(u.function_space().mesh())
+    return F + (Constant(2.0) * u - sin(3 * x) * y) * v * ds, u
+
+
+def dg_ip(n, degree=1):
+    mesh = UnitSquareMesh(n, n)
+    V = FunctionSpace(mesh, "DG", degree)
+    u, v = Function(V), TestFunction(V)
+    normal, h, sigma = FacetNormal(mesh), CellDiameter(mesh), Constant(8.0)
+    kappa = 1 + u**2
+    F = (kappa * inner(grad(u), grad(v)) + u * v) * dx
+    F += (- inner(avg(kappa * grad(u)), jump(v, normal)) - inner(jump(u, normal), avg(grad(v)))
+          + sigma / avg(h) * jump(u) * jump(v)) * dS
+    F += (- kappa * inner(grad(u), normal) * v - inner(grad(v), normal) * u + sigma / h * u * v) * ds
+    return F, u
+
+
+FORMS = {"burgers": burgers, "burgers_robin": burgers_robin, "dg_ip": dg_ip}
 
 
 def assemble_loop(F, u, U):
@@ -90,8 +122,8 @@ def floor_time(op, U):
     return timeit(lambda: [table @ local for table, local in operands])
 
 
-def run(degree, n, batch, device, dtype, compile=False, with_reference=True):
-    F, u = burgers(n, degree)
+def run(degree, n, batch, device, dtype, compile=False, with_reference=True, form="burgers"):
+    F, u = FORMS[form](n, degree)
     N = u.function_space().dim()
     op = ResidualOperator(F, u, dtype=dtype, device=device, compile=compile)
     U = 0.5 * torch.randn(batch, N, dtype=dtype, device=device)
@@ -134,20 +166,25 @@ def main():
           f"{', compiled' if args.compile else ''}")
     if args.quick:
         row = run(1, SIZES[1][1], 64, args.device, dtype, args.compile)
-        print(json.dumps({k: row[k] for k in ("n_dofs", "batch", "speedup_vs_assemble", "ratio_to_floor")}))
+        summary = {k: row[k] for k in ("n_dofs", "batch", "speedup_vs_assemble", "ratio_to_floor")}
+        for form, sizes in FACET_SIZES.items():
+            row = run(1, sizes[1], 64, args.device, dtype, args.compile, form=form)
+            summary[form] = {k: row[k] for k in ("n_dofs", "speedup_vs_assemble", "ratio_to_floor")}
+        print(json.dumps(summary))
         return
-    header = (f"{'deg':>3} {'N':>7} {'B':>3} {'fwd ms':>9} {'fwd+bwd ms':>10} {'assemble ms':>11} "
-              f"{'fem_op ms':>10} {'floor ms':>9} {'x assemble':>10} {'/ floor':>8}")
+    header = (f"{'form':>13} {'deg':>3} {'N':>7} {'B':>3} {'fwd ms':>9} {'fwd+bwd ms':>10} "
+              f"{'assemble ms':>11} {'fem_op ms':>10} {'floor ms':>9} {'x assemble':>10} {'/ floor':>8}")
     print(header)
-    for degree, sizes in SIZES.items():
-        for n in sizes:
-            for batch in (1, 16, 64):
-                row = run(degree, n, batch, args.device, dtype, args.compile)
-                ms = lambda key: f"{1e3 * row[key]:.3f}" if key in row else "-"  # noqa: E731
-                print(f"{degree:>3} {row['n_dofs']:>7} {batch:>3} {ms('forward_s'):>9} "
-                      f"{ms('forward_backward_s'):>10} {ms('assemble_s'):>11} {ms('fem_operator_s'):>10} "
-                      f"{ms('floor_s'):>9} {row['speedup_vs_assemble']:>10.1f} {row['ratio_to_floor']:>8.2f}",
-                      flush=True)
+    cases = [("burgers", degree, n) for degree, sizes in SIZES.items() for n in sizes]
+    cases += [(form, 1, n) for form, sizes in FACET_SIZES.items() for n in sizes]
+    for form, degree, n in cases:
+        for batch in (1, 16, 64):
+            row = run(degree, n, batch, args.device, dtype, args.compile, form=form)
+            ms = lambda key: f"{1e3 * row[key]:.3f}" if key in row else "-"  # noqa: E731
+            print(f"{form:>13} {degree:>3} {row['n_dofs']:>7} {batch:>3} {ms('forward_s'):>9} "
+                  f"{ms('forward_backward_s'):>10} {ms('assemble_s'):>11} {ms('fem_operator_s'):>10} "
+                  f"{ms('floor_s'):>9} {row['speedup_vs_assemble']:>10.1f} {row['ratio_to_floor']:>8.2f}",
+                  flush=True)
 
 
 if __name__ == "__main__":
