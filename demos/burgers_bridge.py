@@ -9,14 +9,13 @@ time, so the plugin turns it into a batched torch operation. This demo shows the
 .. math:: \\partial_t u = \\nu\\Delta u - u(u_x + u_y)\\quad\\text{in } [0,1]^2,
           \\qquad u = 0 \\text{ on the boundary},
 
-on the committed Gmsh mesh ``meshes/unit_square.msh``: a batch of initial bumps is integrated in
+on the committed Gmsh mesh ``firedrake_msm/meshes/unit_square.msh``: a batch of initial bumps is integrated in
 torch with the classical Runge-Kutta method, and one member is checked against the same scheme
 run with Firedrake's own ``assemble`` and ``solve``.
 
 Run it with ``python demos/burgers_bridge.py`` (``make demo`` does).
 """
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -24,10 +23,11 @@ from firedrake import (Constant, DirichletBC, Function, FunctionSpace, LinearSol
                        SpatialCoordinate, TestFunction, TrialFunction, assemble, dx, exp, grad, inner)
 
 from firedrake_msm.bridge import PhysicsDrift
+from firedrake_msm.meshes import MESHES
 
 # The mesh carries the physical groups bottom, right, top, left (1-4). P2 on it gives a few
 # hundred dofs, the size of the coarse spaces the multiscale models use.
-mesh = Mesh(str(Path(__file__).resolve().parent.parent / "meshes" / "unit_square.msh"))
+mesh = Mesh(str(MESHES / "unit_square.msh"))
 V = FunctionSpace(mesh, "CG", 2)
 u, v = Function(V), TestFunction(V)
 nu = Constant(0.005)
@@ -94,7 +94,7 @@ firedrake_seconds = time.perf_counter() - start
 
 difference = np.abs(U1[0].numpy() - state.dat.data_ro).max() / np.abs(state.dat.data_ro).max()
 energy = lambda U: float(0.5 * (U * drift.mass(U)).sum(1).mean())  # noqa: E731
-print(f"2D Burgers on meshes/unit_square.msh, P2: {V.dim()} dofs, {batch} trajectories, "
+print(f"2D Burgers on unit_square.msh, P2: {V.dim()} dofs, {batch} trajectories, "
       f"{steps} RK4 steps to t = {dt * steps:g}")
 print(f"  mean energy {energy(U0):.5f} -> {energy(U1):.5f} (viscous decay)")
 print(f"  torch bridge: {torch_seconds:.2f} s for all {batch} "

@@ -63,9 +63,10 @@ data, runs, results = (root / name / ("fast" if args.fast else "") for name in (
 out = results / "demos" / "cylinder"
 out.mkdir(parents=True, exist_ok=True)
 
-# The problem reads the physical names of ``meshes/cylinder_coarse.msh`` (both meshes come from one
-# ``.geo``), so its boundary conditions say ``DirichletBC(V, 0, names["cylinder"])``. Its space is
-# the mixed Taylor-Hood space :math:`W = [P_2]^2 \times P_1`, its residual
+# The problem reads the physical names of ``firedrake_msm/meshes/cylinder_coarse.msh`` (both
+# meshes come from one ``.geo``), so its boundary conditions say
+# ``DirichletBC(V, 0, names["cylinder"])``. Its space is the mixed Taylor-Hood space
+# :math:`W = [P_2]^2 \times P_1`, its residual
 # :math:`((\nabla u)u, v) + \nu(\nabla u, \nabla v) - (p, \nabla\cdot v) + (q, \nabla\cdot u)`.
 problem = Cylinder()
 mesh_H = problem.mesh(problem.coarse, comm=COMM_SELF)

@@ -2,11 +2,10 @@
 ``parallel`` comes from mpi-pytest, which runs such tests under ``mpiexec``."""
 import ctypes
 import os
-from pathlib import Path
 
 import pytest
 
-MESHES = Path(__file__).resolve().parent.parent / "meshes"
+from firedrake_msm.meshes import MESHES
 
 
 @pytest.fixture

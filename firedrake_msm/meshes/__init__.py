@@ -10,6 +10,9 @@ from pathlib import Path
 
 from firedrake import COMM_WORLD, Mesh
 
+# The Gmsh meshes that ship with the package (``.geo`` files and the ``.msh`` files made from them).
+MESHES = Path(__file__).resolve().parent
+
 
 @dataclass(frozen=True)
 class PhysicalNames:

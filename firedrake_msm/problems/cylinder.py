@@ -1,6 +1,5 @@
 """Incompressible flow past a cylinder in a wide box (an almost unconfined wake), Re = 160."""
 from functools import cached_property
-from pathlib import Path
 
 import numpy as np
 from firedrake import (COMM_WORLD, Constant, DirichletBC, FacetNormal, FunctionSpace, Identity,
@@ -8,17 +7,15 @@ from firedrake import (COMM_WORLD, Constant, DirichletBC, FacetNormal, FunctionS
                        split, sym)
 from irksome import Dt, RadauIIA
 
-from firedrake_msm.meshes import load_mesh, read_physical_names
+from firedrake_msm.meshes import MESHES, load_mesh, read_physical_names
 from firedrake_msm.problems.base import Problem
-
-MESHES = Path(__file__).resolve().parents[2] / "meshes"
 
 
 class Cylinder(Problem):
     r"""Navier-Stokes, :math:`u_t + (u\cdot\nabla)u - \nu\Delta u + \nabla p = 0`,
     :math:`\nabla\cdot u = 0`, around a cylinder of diameter :math:`D = 0.1` centred at the
     origin of the box :math:`[-1, 2.2]\times[-0.9, 0.9]` (10 D upstream, 22 D downstream, 18 D
-    across: blockage 0.056), Taylor-Hood P2/P1 on the Gmsh meshes ``meshes/cylinder_*.msh``
+    across: blockage 0.056), Taylor-Hood P2/P1 on the Gmsh meshes ``firedrake_msm/meshes/cylinder_*.msh``
     (one ``.geo``, refined on the cylinder and in the wake).
 
     Uniform inflow :math:`u = (\bar U, 0)`, :math:`\bar U = 1`, free slip on the sides
