@@ -6,7 +6,9 @@ Problems and data
     :class:`Problem` (subclass it for your own PDE), :func:`resolve` (a problem from a name,
     an import path ``"pkg.mod:Class"`` or a file ``"file.py:Class"``), :func:`load_mesh`
     (a Gmsh mesh with its physical names), :func:`simulate` (a fine DNS into a dataset),
-    :class:`Recorder` (a dataset from your own time loop).
+    :class:`Recorder` (a dataset from your own time loop), :func:`load_trajectories`,
+    :func:`load_space` and :func:`splits` (a dataset's snapshots, fine space and train /
+    validation / test split).
 Models
     :class:`ModelConfig`, :class:`MultiscaleModel` (``build`` for a dataset, ``save``/``load``
     a self-contained checkpoint), :class:`TrainConfig` and :func:`fit` (amortized variational
@@ -22,6 +24,7 @@ from firedrake_msm.baselines import CoarseSolver
 from firedrake_msm.bridge import Basis, MassOperator, PhysicsDrift, ResidualOperator, UnsupportedUFLError
 from firedrake_msm.checkpoint import CheckpointError
 from firedrake_msm.compare import compare
+from firedrake_msm.data import load_space, load_trajectories, splits
 from firedrake_msm.dns import simulate
 from firedrake_msm.forecast import Forecast, forecast, write_vtk
 from firedrake_msm.meshes import PhysicalNames, load_mesh
@@ -37,5 +40,5 @@ __version__ = "0.1.0.dev0"
 __all__ = ["Basis", "CheckpointError", "CoarseSolver", "Forecast", "MassOperator", "ModelConfig",
            "MultiscaleModel", "PhysicalNames", "PhysicsDrift", "Problem", "ProblemNotFound", "Protocol",
            "Recorder", "ResidualOperator", "TrainConfig", "TrainingDiverged", "Transfer",
-           "UnsupportedUFLError", "compare", "fit", "forecast", "load_mesh", "reference", "resolve",
-           "simulate", "write_vtk"]
+           "UnsupportedUFLError", "compare", "fit", "forecast", "load_mesh", "load_space",
+           "load_trajectories", "reference", "resolve", "simulate", "splits", "write_vtk"]

@@ -16,7 +16,7 @@ import h5py
 import torch
 from firedrake import COMM_SELF, CheckpointFile
 
-from firedrake_msm.data import load_space
+from firedrake_msm.data import load_space, open_dataset
 
 FORMAT = 2   # the layout of the file; bumped when it changes
 
@@ -46,7 +46,8 @@ def dataset_image(dataset):
     dataset."""
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "space.h5"
-        with h5py.File(dataset, "r") as source, h5py.File(path, "w") as target:
+        with open_dataset(dataset) as group, h5py.File(path, "w") as target:
+            source = group.file
             target.attrs.update(source.attrs)
             for key in source:
                 if key != "msm":

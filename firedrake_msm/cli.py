@@ -26,6 +26,8 @@ def main(argv=None):
     dns.add_argument("--dt", type=float, help="time step and output interval")
     dns.add_argument("--t-end", type=float, help="end time")
     dns.add_argument("--output", type=Path, help="dataset file (default: data/<name>.h5)")
+    dns.add_argument("--resume", action="store_true",
+                     help="continue an interrupted run after its last complete trajectory")
     dns.add_argument("--workers", type=int, default=1,
                      help="processes that share out the trajectories (instead of mpiexec's mesh partition)")
 
@@ -101,7 +103,7 @@ def _dns(parser, args):
     given = {"trajectories": args.trajectories, "resolution": resolution, "dt": args.dt, "t_end": args.t_end}
     options = {**protocol.dns, **{k: v for k, v in given.items() if v is not None}}
     simulate(problem, output, **{"trajectories": problem.trajectories, **options}, seed=args.seed,
-             workers=args.workers)
+             workers=args.workers, resume=args.resume)
     print(f"wrote {output} ({output.stat().st_size / 2**20:.1f} MiB) in {time.perf_counter() - start:.0f} s")
     return 0
 

@@ -140,6 +140,10 @@ class SnapshotWindows(torch.utils.data.Dataset):
         start = int(self.starts[k % len(self.starts)])
         rows = self._file["msm/snapshots"][trajectory, start:start + self.window]
         fine = rows[:, self.order]
+        if not np.isfinite(fine).all():
+            bad = np.flatnonzero(~np.isfinite(fine).all(axis=1))[0]
+            raise ValueError(f"{self.path} holds a value that is not finite in trajectory {trajectory} at "
+                             f"time {self.times[start + bad]:g}: remove or repair that trajectory")
         if self.noise_std:
             fine = fine + self.noise_std * np.random.default_rng([self.seed, k]).standard_normal(fine.shape)
         item = {"fine": torch.as_tensor(fine, dtype=self.dtype),

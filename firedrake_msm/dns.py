@@ -16,7 +16,7 @@ from firedrake_msm.stepping import time_stepper
 
 
 def simulate(problem, path, *, trajectories, seed=0, resolution=None, dt=None, t_end=None, spin_up=None,
-             comm=COMM_WORLD, workers=1, progress=True):
+             comm=COMM_WORLD, workers=1, progress=True, resume=False):
     """Run ``trajectories`` fine simulations from seeded random initial conditions into ``path``.
 
     Parameters
@@ -40,6 +40,10 @@ def simulate(problem, path, *, trajectories, seed=0, resolution=None, dt=None, t
         round-off.
     progress : bool
         Show a progress bar (on rank 0).
+    resume : bool
+        Continue an interrupted run of the same settings after its last complete trajectory
+        (:class:`~firedrake_msm.recorder.Recorder`'s ``resume``); the dataset is the one an
+        uninterrupted run writes.
 
     Returns
     -------
@@ -64,7 +68,7 @@ def simulate(problem, path, *, trajectories, seed=0, resolution=None, dt=None, t
     path = Path(path)
     rng = np.random.default_rng(seed)
     draws = [problem.draw(rng) for _ in range(trajectories)]
-    run = dict(seed=seed, resolution=resolution, dt=dt, steps=steps, first=first)
+    run = dict(seed=seed, resolution=resolution, dt=dt, steps=steps, first=first, resume=resume)
     workers = min(workers, trajectories)
     if workers == 1:
         _run(problem, path, draws, comm=comm, progress=progress, **run)
@@ -84,7 +88,7 @@ def simulate(problem, path, *, trajectories, seed=0, resolution=None, dt=None, t
     return path
 
 
-def _run(problem, path, draws, *, seed, resolution, dt, steps, first, comm=COMM_SELF, progress=True,
+def _run(problem, path, draws, *, seed, resolution, dt, steps, first, resume, comm=COMM_SELF, progress=True,
          position=None):
     """The DNS of each of ``draws`` (initial-condition parameters) into the dataset ``path``."""
     mesh = problem.mesh(resolution, comm=comm)
@@ -93,15 +97,21 @@ def _run(problem, path, draws, *, seed, resolution, dt, steps, first, comm=COMM_
     stepper = time_stepper(problem, state, t, Constant(dt))
     parameters = {name: Constant(0.0) for name in problem.parameter_names}
     observed = problem.observed(state)
-    bar = tqdm(total=len(draws) * steps, desc=f"DNS {problem.name}", unit="step",
-               disable=not progress or comm.rank != 0, position=position)
-    with Recorder(path, observed.function_space(), problem=problem,
-                  attributes={"seed": seed, "resolution": resolution, "dt": dt}) as recorder:
+    attributes = {"seed": seed, "resolution": resolution, "dt": dt, "trajectories": len(draws)}
+    with Recorder(path, observed.function_space(), problem=problem, attributes=attributes,
+                  resume=resume) as recorder:
+        bar = tqdm(total=len(draws) * steps, initial=recorder.completed * steps, desc=f"DNS {problem.name}",
+                   unit="step", disable=not progress or comm.rank != 0, position=position)
         for k, draw in enumerate(draws):
+            if k < recorder.completed:
+                continue
             for name, value in draw.items():
                 parameters[name].assign(value)
             recorder.set_parameters(k, draw)
             problem.set_initial_state(state, parameters)
+            # Every trajectory's first Newton iteration starts from the same guess, so that none
+            # depends on the one before: a resumed or shared-out run writes the same bits.
+            stepper.stages.assign(0.0)
             for step in range(steps + 1):
                 if step:
                     stepper.advance()

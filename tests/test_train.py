@@ -117,16 +117,22 @@ def test_the_trained_model_is_the_parameter_average(kdv, tmp_path):
     assert not all(torch.equal(after["average"][k], after["model"][k]) for k in after["average"])
 
 
-def test_diverging_loss_stops_with_a_clear_error(kdv, tmp_path):
-    with h5py.File(kdv, "r") as f:
-        snapshots, times = f["msm/snapshots"][...], f["msm/times"][...]
-    from firedrake_msm.data import load_space
-    V, order = load_space(kdv)
-    snapshots = snapshots[..., order]
-    snapshots[:, 5, 3] = np.nan
-    bad = write_dataset(tmp_path / "bad.h5", V, snapshots, times)
-    with pytest.raises(TrainingDiverged, match="the loss is nan at step 1"):
-        fit(bad, tmp_path / "run", ModelConfig("kdv", n_latent=1, width=8), tiny(window=31), progress=False)
+def test_diverging_loss_stops_with_a_clear_error(kdv, tmp_path, monkeypatch):
+    """A loss that turns NaN stops the run, naming the step and the last good checkpoint, which
+    holds the state before it."""
+    import firedrake_msm.train as training
+    real, calls = training.negative_elbo, []
+
+    def diverging(*args, **kwargs):
+        loss, terms = real(*args, **kwargs)
+        calls.append(None)
+        return (loss * float("nan") if len(calls) == 3 else loss), terms
+    monkeypatch.setattr(training, "negative_elbo", diverging)
+    with pytest.raises(TrainingDiverged, match=r"the loss is nan at step 3 .* the last good state is in "
+                                               r".*run/checkpoint\.pt"):
+        fit(kdv, tmp_path / "run", ModelConfig("kdv", n_latent=1, width=8),
+            tiny(checkpoint_every=2, validate_every=0), progress=False)
+    assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["state"]["step"] == 2
 
 
 def test_forecast_is_seeded_and_writes_vtk(kdv, tmp_path):

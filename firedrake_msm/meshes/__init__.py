@@ -4,6 +4,7 @@ Firedrake's ``Mesh("x.msh")`` knows the integer tags of a Gmsh file's physical g
 names; :func:`load_mesh` returns both, so that scripts can say ``bcs=DirichletBC(V, 0,
 names["inlet"])`` and stay right when the ``.geo`` file is renumbered.
 """
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,7 +114,11 @@ def load_mesh(path, *, comm=COMM_WORLD, **kwargs):
 def _mesh_geo(geo, comm):
     """Mesh a ``.geo`` file (on rank 0) into the ``.msh`` beside it; return that path."""
     msh = geo.with_suffix(".msh")
+    failure = None
     if comm.rank == 0 and (not msh.exists() or msh.stat().st_mtime < geo.stat().st_mtime):
+        # Written under another name (gmsh picks the format from the extension) and renamed, so
+        # that a failure leaves no .msh that looks up to date.
+        partial = msh.with_name(msh.stem + ".partial.msh")
         import gmsh
         gmsh.initialize()
         try:
@@ -121,8 +126,14 @@ def _mesh_geo(geo, comm):
             gmsh.open(str(geo))
             gmsh.model.mesh.generate(gmsh.model.getDimension())
             gmsh.option.setNumber("Mesh.MshFileVersion", 4.1)
-            gmsh.write(str(msh))
+            gmsh.write(str(partial))
+            os.replace(partial, msh)
+        except Exception as error:
+            failure = f"gmsh could not mesh {geo}: {error}"
         finally:
             gmsh.finalize()
-    comm.barrier()
+            partial.unlink(missing_ok=True)
+    failure = comm.bcast(failure, root=0)
+    if failure:
+        raise ValueError(failure)
     return msh

@@ -40,8 +40,7 @@ class Problem:
     prognostic = None      # the subspaces of a mixed space that carry a time derivative (None: all)
     # PETSc's LU package for the implicit stages: MUMPS pivots through the zero block of a saddle
     # point. Problems without one may take PETSc's own LU (serial runs only), with no pivoting and
-    # less overhead: a DNS step of the pulse 4.5x, KdV 2.5x, 2D Burgers 1.7x faster, the same
-    # states to 2e-15.
+    # less overhead: a DNS step is up to several times faster, and the states agree to round-off.
     lu = "mumps"
     # The step of the learned SDE's explicit forecasts on the coarse mesh (None: the output
     # interval dt), where the output interval is too long for the learned model: unstable on the

@@ -104,8 +104,9 @@ def reference(problem):
     """``(name, options)``: what :func:`resolve` needs to rebuild ``problem`` in another process.
 
     The name is the short registered name where the class is registered, else
-    ``module:ClassName``, or ``file.py:ClassName`` for a class defined in a script (``__main__``)
-    or in a file that :func:`resolve` loaded. The options must be JSON-serialisable: they are
+    ``module:ClassName``, or ``file.py:ClassName`` for a class defined in a script (``__main__``),
+    in a module beside it (which a process started elsewhere would not find by name) or in a
+    file that :func:`resolve` loaded. The options must be JSON-serialisable: they are
     stored as attributes of datasets and in checkpoints.
     """
     cls = type(problem)
@@ -119,7 +120,7 @@ def reference(problem):
         if ep.value == f"{cls.__module__}:{cls.__qualname__}":
             return ep.name, options
     module = sys.modules.get(cls.__module__)
-    if cls.__module__ == "__main__" or cls.__module__.startswith(_FILE_MODULE):
+    if cls.__module__ == "__main__" or cls.__module__.startswith(_FILE_MODULE) or _local(module):
         path = getattr(module, "__file__", None)
         if path is None:
             raise TypeError(f"{cls.__qualname__} is defined in an interactive session: move it into a file "
@@ -134,6 +135,16 @@ def reference(problem):
 _FILE_MODULE = "firedrake_msm_problem_file_"
 
 
+def _local(module):
+    """Whether ``module`` is a top-level module from the script's folder or the working
+    directory."""
+    path = getattr(module, "__file__", None)
+    if path is None or "." in module.__name__:
+        return False
+    folders = {Path.cwd().resolve(), Path(sys.path[0] or ".").resolve()}
+    return Path(path).resolve().parent in folders
+
+
 def _import_file(path):
     """A Python file as a module (loaded once per process, under a name of its own)."""
     path = path.expanduser().resolve()
@@ -142,11 +153,12 @@ def _import_file(path):
     name = _FILE_MODULE + str(abs(hash(str(path))))
     if name in sys.modules:
         return sys.modules[name]
-    # A script run as the main program defines its classes in __main__: reuse them there, so
-    # that instances made by the script and by resolve() are of the same class.
-    main = sys.modules.get("__main__")
-    if getattr(main, "__file__", None) and Path(main.__file__).resolve() == path:
-        return main
+    # A file imported already (the script run as the main program, a module beside it): reuse
+    # it, so that instances made by the script and by resolve() are of the same class.
+    for module in list(sys.modules.values()):
+        where = getattr(module, "__file__", None)
+        if where and where.endswith(path.name) and Path(where).resolve() == path:
+            return module
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
