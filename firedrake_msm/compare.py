@@ -9,7 +9,7 @@ coarse states prolonged, :math:`P u_H`, the models' PoE mean averaged over the e
 import json
 import multiprocessing
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -63,7 +63,9 @@ def compare(protocol, *, folder="results", data="data", runs="runs", retrain=Fal
         with fewer steps than the protocol's (an interrupted run, or a longer budget) resumes.
     workers : int
         Processes that share out the DNS's trajectories, train the two models and run the
-        forecasts.
+        forecasts. They are spawned, and import the calling script again: a script that calls
+        ``compare`` with ``workers > 1`` keeps its work under ``if __name__ == "__main__":``.
+        With one, everything runs in this process, one step after the other.
 
     Returns
     -------
@@ -88,8 +90,7 @@ def compare(protocol, *, folder="results", data="data", runs="runs", retrain=Fal
     n_latent = {"implicit_scale": 0, "multiscale": protocol.model["n_latent"]}
     learned = {method: Path(runs) / f"{protocol.name}-n{n}" for method, n in n_latent.items()}
     configs = {method: protocol.model_config(n) for method, n in n_latent.items()}
-    # Spawned, not forked: a forked child would share PETSc's and torch's state with this process.
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+    with _executor(workers) as pool:
         done = {method: 0 if retrain else _trained_steps(run) for method, run in learned.items()}
         running = {method: pool.submit(fit, dataset, run, configs[method], protocol.train,
                                        resume=done[method] > 0, progress=progress, position=position)
@@ -118,7 +119,7 @@ def compare(protocol, *, folder="results", data="data", runs="runs", retrain=Fal
     model = MultiscaleModel.load(checkpoints["multiscale"])
     trainings = {method: _training(checkpoint) for method, checkpoint in checkpoints.items()}
     seconds = {method: _training_seconds(run) for method, run in learned.items()}
-    fine = _fine_dataset(dataset)
+    fine = {**_fine_dataset(dataset), "dofs": model.transfer.V_fine.dim(), "coarse_dofs": model.V.dim()}
     fine_cost = _fine_cost(problem, model.transfer.V_fine.mesh(), dataset, fine["dt"])
 
     summary_ = _summary(protocol, dataset, fine, results, seconds, trainings, fine_cost, times, truth)
@@ -128,6 +129,26 @@ def compare(protocol, *, folder="results", data="data", runs="runs", retrain=Fal
     plot_comparison(out, problem, model, times, truth, results)
     write_vtk(out / "multiscale.pvd", model, _as_forecast(times, results["multiscale"]), truth)
     return summary_
+
+
+def _executor(workers):
+    """Where the trainings and forecasts run: ``workers`` spawned processes, or this one."""
+    if workers > 1:
+        # Spawned, not forked: a forked child would share PETSc's and torch's state with this one.
+        return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+    return _InProcess()
+
+
+class _InProcess(Executor):
+    """Runs each job at once, in this process."""
+
+    def submit(self, fn, /, *args, **kwargs):
+        future = Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except BaseException as error:
+            future.set_exception(error)
+        return future
 
 
 def _trained_steps(run):
@@ -238,8 +259,9 @@ def _tables(out, summary_):
     fine = summary_["fine"]
     (out / "table.md").write_text(f"# {summary_['case']}: {summary_['test_trajectories']} test trajectories, "
                                   f"{summary_['test_times']} times\n\n"
-                                  f"Fine DNS: resolution {fine['resolution']}, "
-                                  f"{fine['trajectories']} trajectories, dt {fine['dt']:g}.\n\n"
+                                  f"Fine data: {fine['dofs']} dofs (resolution {fine['resolution'] or '-'}), "
+                                  f"{fine['trajectories']} trajectories, dt {fine['dt']:g}; coarse space: "
+                                  f"{fine['coarse_dofs']} dofs.\n\n"
                                   + "\n".join(lines) + "\n")
     (out / "table.csv").write_text("\n".join(",".join(cell.replace(",", ";") for cell in row)
                                              for row in [header] + rows) + "\n")

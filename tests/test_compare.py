@@ -21,7 +21,8 @@ def test_compare_writes_tables_plots_and_vtk(tmp_path, monkeypatch, capsys, case
         assert (method["crps"] is None) == (name in ("coarse_dns", "smagorinsky"))
     assert summary["methods"]["multiscale"]["reference_rel_l2"] == 0.042
     assert summary["fine_dns"]["seconds_per_unit_time"] > 0
-    assert summary["fine"] == {"resolution": 100, "trajectories": 4, "dt": 0.01}
+    assert summary["fine"] == {"resolution": 100, "trajectories": 4, "dt": 0.01, "dofs": 100,
+                               "coarse_dofs": 20}
     training = summary["methods"]["multiscale"]["training"]
     assert training["step"] in (2, 4) and training["steps"] == 4 and training["noise_std"] == 0.0
     assert training["average"] == 0.0 and training["local_decoder"] is False

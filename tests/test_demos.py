@@ -2,6 +2,7 @@
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -21,3 +22,15 @@ def test_demo_runs_and_draws_its_figure(tmp_path, case):
     assert (out / f"{case}.png").stat().st_size > 0
     assert (out / f"{case}.pvd").exists()
     assert "relative L2 error" in run.stdout
+
+
+def test_the_demo_of_a_pde_of_ones_own_runs():
+    """From the user's own recorded loop to the comparison table and a forecast to Functions."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PETSC_OPTIONS": "-options_left no", "MPLBACKEND": "Agg"}
+    with tempfile.TemporaryDirectory() as folder:
+        run = subprocess.run([sys.executable, str(DEMOS / "your_own_pde.py"), "--fast", "--output", folder],
+                             cwd=folder, env=env, capture_output=True, text=True, timeout=600)
+        assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+        out = Path(folder) / "results" / "fast" / "advection_diffusion"
+        assert all((out / name).stat().st_size > 0 for name in ("table.md", "errors.png", "final.pvd"))
+    assert "| multiscale |" in run.stdout and "multiscale forecast of the first test trajectory" in run.stdout
