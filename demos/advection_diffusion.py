@@ -35,7 +35,7 @@ class AdvectionDiffusion(msm.Problem):
         self._velocities = {}
 
     def mesh(self, resolution, comm=COMM_WORLD):
-        return msm.load_mesh(msm.meshes.MESHES / f"holes_{resolution}.geo", comm=comm)[0]
+        return msm.load_mesh(msm.meshes.MESHES / f"holes_{resolution}.msh", comm=comm)[0]
 
     def function_space(self, mesh):
         return FunctionSpace(mesh, "CG", 1)
