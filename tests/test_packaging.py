@@ -27,7 +27,9 @@ def test_a_wheel_in_a_clean_environment_runs_the_tiny_comparison(tmp_path):
     # Firedrake's environment as a plain path: its .pth files (this checkout's editable install
     # among them) are not read from there.
     (site / "firedrake-environment.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
-    run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--prefix", str(clean),
+    # --target, not --prefix: pip would uninstall this checkout's editable install from the
+    # running environment first.
+    run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--target", str(site),
          str(wheel)])
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PETSC_OPTIONS": "-options_left no", "MPLBACKEND": "Agg"}
     env.pop("PYTHONPATH", None)
