@@ -111,9 +111,9 @@ fi
 
 # ------------------------------------------------------------------ torch, the rest, this package
 # torch first and pinned, so that nothing below can pull a CUDA build in its place.
-step "torch $(pin torch) (CPU), gmsh and firedrake_msm[test]"
+step "torch $(pin torch) (CPU), gmsh and firedrake_msm[test,docs]"
 "${PIP[@]}" install -q -c "$CONSTRAINTS" "torch==$(pin torch)" "gmsh==$(pin gmsh)"
-"${PIP[@]}" install -q --find-links "$WHEELHOUSE" -c "$CONSTRAINTS" -e "$ROOT[test]"
+"${PIP[@]}" install -q --find-links "$WHEELHOUSE" -c "$CONSTRAINTS" -e "$ROOT[test,docs]"
 
 step "smoke test"
 (cd /tmp && "$PY" -c "
