@@ -13,7 +13,7 @@ export OMPI_MCA_rmaps_base_oversubscribe := 1
 # pytest flag as an unused PETSc option at exit.
 export PETSC_OPTIONS := -options_left no
 
-.PHONY: install demo test lint bench
+.PHONY: install demo test lint docs bench
 
 install:
 	@bash scripts/install.sh
@@ -24,9 +24,13 @@ demo: install
 	$(FIREDRAKE_MSM_VENV)/bin/firedrake-msm compare kdv
 
 lint: install
-	$(PYTHON) -m flake8 firedrake_msm tests demos benchmarks
+	$(PYTHON) -m flake8 firedrake_msm tests demos benchmarks docs
 
-test: lint
+# The Sphinx site (user guide, demos, API, results) into docs/_build/html; warnings are errors.
+docs: install
+	$(PYTHON) -m sphinx -W --keep-going -q -b html docs docs/_build/html
+
+test: lint docs
 	$(PYTHON) -m pytest tests $(PYTEST_ARGS)
 
 bench: install

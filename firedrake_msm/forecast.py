@@ -78,8 +78,8 @@ def forecast(model, initial, times, *, samples=64, dt=None, seed=0, method="srk"
     method : str
         torchsde's scheme: ``"srk"`` (default; SRA1, strong order 1.5 for additive noise, three
         drift evaluations a step; its Runge-Kutta stages keep learned drifts with large imaginary
-        eigenvalues stable: on the pulse, Euler at the output interval 1e-3 grew to a relative
-        error of 1.04 by t = 0.2 where SRK stayed at 0.26) or ``"euler"`` (one evaluation).
+        eigenvalues stable, where Euler's stability region holds no part of the imaginary axis)
+        or ``"euler"`` (one evaluation).
     truth : array_like, optional
         ``(n, T, N_h)`` fine snapshots at ``times``: score the ensemble against them (CRPS) while
         it is decoded.
@@ -147,7 +147,7 @@ def write_vtk(path, model, result, truth, trajectory=0, frames=101):
 
     ``truth``: ``(n, T, N_h)`` fine snapshots at ``result.times``; at most ``frames`` of them,
     evenly spaced, are written (each is a file, and Firedrake interpolates every field of it to
-    the output space: KdV's 1001 snapshots took 47 s).
+    the output space, so the cost grows with the frames, not with the forecast).
     """
     V = model.transfer.V_fine
     fields = {name: Function(V, name=name) for name in ("truth", "mean", "spread")}

@@ -19,19 +19,19 @@ so one network serves any mesh and resolution. The closure is a force in the coa
 discretisation: its residual joins :math:`-F_H(u)` before the physics' mass solve, which holds the
 Dirichlet rows and the algebraic constraints, :math:`M\dot u = -F_H(u) + R_\theta`. In
 incompressible flow the pressure answers the closure too, and :math:`u` stays discretely
-divergence-free; solved apart, a closure's divergent part accumulated in the cylinder's
-forecasts (from 3.7 % of the restricted data's norm to 31 % at t + 0.2, where it blew up).
+divergence-free; solved apart, nothing removes a closure's divergent part, and it accumulates
+over a forecast until the forecast blows up.
 The flux is conservative; by default it is a learned eddy diffusivity per channel, and
 dissipative (:class:`NeuralWeakForm`).
 The auxiliary dynamics are dissipative by construction: a learned damping :math:`\kappa > 0` and a
 bounded forcing (amplitude :math:`a`, per channel) keep :math:`|h| \le a/\kappa` plus noise,
 whatever the network learned. Trained only at posterior samples, an unconstrained
-:math:`G_\theta` grew unstable modes off the data (an eigenvalue of :math:`\partial G/\partial h`
-with real part 65 on the advected pulse).
+:math:`G_\theta` is free to have unstable modes off the data (eigenvalues of
+:math:`\partial G/\partial h` with a positive real part), and a forecast finds them.
 Where the boundary conditions prescribe every component of :math:`u`, nothing is unresolved:
 :math:`h = 0` on those nodes. Left free, :math:`h` there is unobserved (the data's residual
-vanishes on a Dirichlet boundary), so nothing trains its dynamics: on 2D Burgers the first
-unstable mode of the latent drift sat in a corner of the boundary.
+vanishes on a Dirichlet boundary), so nothing trains its dynamics, and the latent drift's
+unstable modes gather there.
 The diffusion is diagonal and learned per channel, scaled by :math:`(\bar m / m_i)^{1/2}` with the
 lumped mass :math:`m_i`, so the noise is that of a field, consistent under refinement.
 """
@@ -75,10 +75,10 @@ class NeuralWeakForm(nn.Module):
       network learned.
     - ``"free"``: :math:`\tau_c(\xi)` any function. It can sharpen (an anti-diffusion, which
       the coarse advected pulse needs), and it can act as a negative viscosity, which grows
-      grid-scale modes at a rate of order :math:`|\partial\tau/\partial\nabla X|/\Delta^2`: on
-      2D Burgers (32² → 8²) its closure had a checkerboard mode with eigenvalue 7.6 + 1.0i and a
-      validation error of 1.04, the dissipative one 0.28; on the cylinder it blew up in the
-      boundary layer 0.05 time units into the forecast.
+      grid-scale modes at a rate of order :math:`|\partial\tau/\partial\nabla X|/\Delta^2`.
+      Keep it to problems whose coarse solution needs the sharpening; where a viscous front
+      or boundary layer is under-resolved, use the dissipative flux: a free one learns a
+      negative viscosity there.
 
     The tabulations :math:`E = [\phi_j(x_q)]` and :math:`D_k = [\partial_k\phi_j(x_q)]` are
     assembled once by Firedrake (interpolation into a quadrature space), the weights as

@@ -130,13 +130,13 @@ class _StencilProduct(torch.autograd.Function):
     The values' gradient is a small matrix product per entry :math:`e` (row node :math:`r_e`,
     column node :math:`c_e`), :math:`\partial L/\partial a_{e,ab} = \sum_n \bar Y_{a r_e n}
     X_{c_e b n}`: the entries of :math:`\bar Y X^T` on the pattern, which
-    ``torch.sparse.sampled_addmm`` computes without forming the rest (Burgers' decoder and
-    encoder 8-12x and 7-9x faster than the dense GEMM, ``benchmarks/bench_stencil.py``).
+    ``torch.sparse.sampled_addmm`` computes without forming the rest: the work follows the
+    pattern's entries, not the dense product's (``benchmarks/bench_stencil.py`` measures it).
     """
 
     @staticmethod
     def forward(ctx, values, field, X):
-        # torch.sparse.mm is 4-7x slower on a transposed (column-major) dense operand.
+        # torch.sparse.mm is several times slower on a transposed (column-major) dense operand.
         X = X.contiguous()
         ctx.save_for_backward(values, X)
         ctx.field = field

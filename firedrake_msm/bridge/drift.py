@@ -101,6 +101,8 @@ class PhysicsDrift(torch.nn.Module):
     index : int
         0 (no algebraic components), 1 or 2.
 
+    Notes
+    -----
     The call signature ``drift(t, U)`` is torchsde's: ``U`` of shape ``(B, N_p)``, ``N_p =
     len(prognostic_dofs)``, returns :math:`\dot U` of the same shape.
     """

@@ -102,6 +102,8 @@ class Basis(torch.nn.Module):
     value, grad : bool
         Whether values and/or reference gradients are tabulated.
 
+    Notes
+    -----
     The reference value of the space is flattened to ``n_comp`` components (its shape is
     :attr:`value_shape`). Values at points are laid out ``(Q, C, n_comp, A, B)``: point, cell,
     component, slot (value, then the ``tdim`` reference derivatives) and, innermost, the batch.

@@ -6,7 +6,7 @@ from firedrake_msm.problems.base import Problem
 
 class Burgers2D(Problem):
     r""":math:`u_t = \nu\Delta u - u(u_x + u_y)` on :math:`[0,1]^2`, :math:`u = 0` on the
-    boundary, :math:`\nu = 0.005`, P1 on a structured mesh of ``resolution``² squares.
+    boundary, :math:`\nu = 0.005`, P1 on a structured mesh of ``resolution``\ ² squares.
 
     Initial bump :math:`c_1 e^{-((x-0.3)^2 + (y-0.3)^2)/c_2}`, :math:`c_1 = 1 + 0.1e`,
     :math:`c_2 = (0.2 + 0.01e)^2`, :math:`e \sim N(0,1)`.

@@ -26,14 +26,11 @@ class Cylinder(Problem):
     to 20: the reference split (train t <= 13, validate (13, 14], test (14, 15], counted from the
     first frame) is t <= 18, (18, 19], (19, 20] here.
 
-    Measured on the fine mesh (4101 cells; 16 694 velocity and 2123 pressure dofs) with
-    ``firedrake-msm dns cylinder`` (t in [5, 20], 1501 frames, one process: 81 min on a shared
-    2-core machine, 197 MiB): the shedding is periodic from the first stored frame on (it
-    saturates by t = 3); the lift oscillates between -0.578 and 0.576 at a Strouhal number of
-    0.189 (0.1891 over [5, 10], [10, 15] and [15, 20] alike), the drag coefficient between 1.328
-    and 1.392, mean 1.360 (Williamson's St = 0.2665 - 1.018/sqrt(Re) = 0.186 for the unconfined
-    cylinder at Re 160). The coarse mesh (648 cells; 2692 velocity and 349 pressure dofs) sheds
-    too, weakly: lift within [-0.065, 0.141], St 0.152, mean drag 0.99 over t in [5, 10].
+    The fine mesh (4101 cells; 16 694 velocity and 2123 pressure dofs) resolves the wake: the
+    shedding saturates within :attr:`spin_up`, so every stored frame is periodic, at the
+    Strouhal number of Williamson's fit for the unconfined cylinder at this Reynolds number
+    (:meth:`diagnostics` and :meth:`strouhal` check it). The coarse mesh (648 cells; 2692
+    velocity and 349 pressure dofs) sheds too, weakly and more slowly.
     """
     name = "cylinder"
     reynolds = 160.0
@@ -46,9 +43,8 @@ class Cylinder(Problem):
     # Stiffly accurate, so that the pressure (an algebraic variable) is the last stage's rather
     # than the odd-even oscillation the implicit midpoint rule leaves in it.
     scheme, stage_type = RadauIIA(2), "value"
-    # Explicit forecasts on the coarse mesh (the smallest cells, at the cylinder, are 1.6e-8 in
-    # area): a learned model stayed bounded for a time unit at 0.002, and blew up within 0.04 at
-    # 0.005 and 0.01, noise or none.
+    # Explicit forecasts on the coarse mesh: its smallest cells, at the cylinder, bound the
+    # stable step of a learned drift well below the output interval, noise or none.
     forecast_dt = 0.002
     # The symmetry-breaking vortex: centre, radius and peak swirl speed (relative to U).
     kick_centre, kick_radius, kick_speed = (0.1, 0.0), 0.05, 0.3
