@@ -156,10 +156,10 @@ class SnapshotWindows(torch.utils.data.Dataset):
 def splits(path):
     """The train / validation / test split of a dataset, as :class:`SnapshotWindows` keywords.
 
-    Several trajectories are split by trajectory: the last 5 test, the 5 before validate (DESIGN.md
-    §4's 20/5/5 and 10/5/5), scaled down for small datasets. One trajectory is split in time, as
-    the reference cylinder data (train on the first 13/15 of the stored interval, validate on the
-    next 1/15, test on the last 1/15).
+    Several trajectories are split by trajectory: the last 5 test, the 5 before validate (the
+    reference protocol's 20/5/5 and 10/5/5, docs/results.md), scaled down for small datasets. One
+    trajectory is split in time, as the reference cylinder data (train on the first 13/15 of the
+    stored interval, validate on the next 1/15, test on the last 1/15).
     """
     with open_dataset(path) as group:
         n, _, _ = group["snapshots"].shape

@@ -120,6 +120,33 @@ def forecast(model, initial, times, *, samples=64, dt=None, seed=0, method="srk"
                     torch.stack(kept, dim=2) if members else None, model.transfer.V_fine)
 
 
+@torch.no_grad()
+def diagnose(model, result):
+    """Where and how an ensemble forecast blew up, in words (None when it did not).
+
+    The first output time at which a member is not finite, or has grown past a thousand times
+    the largest initial state, and the size of each part of the drift
+    (:meth:`~firedrake_msm.model.MultiscaleSDE.parts`) at the last output time before it,
+    against its size at the start: the part that grew is the one to look at.
+    """
+    z = result.z                                                                   # (n, S, T, D)
+    scale = z[:, :, 0].abs().max()
+    bad = ~torch.isfinite(z).all(dim=-1) | (z.abs().amax(dim=-1) > 1e3 * scale)    # (n, S, T)
+    if not bad.any():
+        return None
+    k = int(bad.any(dim=0).any(dim=0).nonzero()[0])
+    before = max(k - 1, 0)
+    trajectory, member = (int(i) for i in bad[:, :, k].nonzero()[0])
+    times = result.times
+    start = model.sde.parts(float(times[0]), z[trajectory, member, 0][None])
+    end = model.sde.parts(float(times[before]), z[trajectory, member, before][None])
+    grown = ", ".join(f"{name} {float(start[name].norm()):.3g} -> {float(end[name].norm()):.3g}"
+                      for name in start)
+    return (f"the forecast of trajectory {trajectory} (member {member}) blew up between "
+            f"t = {times[before]:g} and {times[k]:g}; the drift's parts from t = {times[0]:g} to "
+            f"{times[before]:g}: {grown}")
+
+
 def fine_states(model, initial):
     """``(n, N_h)`` fine states from a tensor or array, a Function or a sequence of Functions (see
     :func:`forecast`)."""

@@ -80,6 +80,13 @@ class NeuralWeakForm(nn.Module):
       or boundary layer is under-resolved, use the dissipative flux: a free one learns a
       negative viscosity there.
 
+    With ``bounded=True`` the source is :math:`s_c = b_c\tanh(\hat s_c / b_c)` with a learned
+    bound :math:`b_c > 0` per channel (:meth:`MultiscaleSDE.calibrate` starts it at ten times
+    the channel's scale per unit time). Trained only at posterior samples, an unbounded source
+    can grow without limit off the data, and a forecast that leaves them then blows up; bounded,
+    the source adds at most :math:`b_c t` to a channel by time :math:`t`, and with the
+    dissipative flux nothing in the closure can make a forecast blow up.
+
     The tabulations :math:`E = [\phi_j(x_q)]` and :math:`D_k = [\partial_k\phi_j(x_q)]` are
     assembled once by Firedrake (interpolation into a quadrature space), the weights as
     ``assemble(TestFunction(Q) * dx)``. The network's inputs are divided by :attr:`scale` (set
@@ -97,11 +104,14 @@ class NeuralWeakForm(nn.Module):
         The network's size.
     diffusivity : float
         :math:`\nu_0`, in units of length² per time (dissipative flux).
+    bounded : bool
+        Bound the source (see above).
     degree : int, optional
         The quadrature degree (default: twice the element's).
     """
 
-    def __init__(self, V, channels, *, flux="dissipative", width=64, depth=2, diffusivity=1e-3, degree=None):
+    def __init__(self, V, channels, *, flux="dissipative", width=64, depth=2, diffusivity=1e-3, bounded=True,
+                 degree=None):
         super().__init__()
         if flux not in ("dissipative", "free"):
             raise ValueError(f"flux must be 'dissipative' or 'free', not {flux!r}")
@@ -121,6 +131,7 @@ class NeuralWeakForm(nn.Module):
         self.channels, self.flux, self.diffusivity = channels, flux, diffusivity
         outputs = (2 if flux == "dissipative" else 1 + self.gdim) * channels
         self.net = mlp(channels * (1 + self.gdim), outputs, width, depth)
+        self.raw_bound = nn.Parameter(torch.full((channels,), inverse_softplus(10.0))) if bounded else None
 
     def at_points(self, X):
         """Channels ``(B, N, c)`` and their gradients at the points: ``(B, Q, (1 + gdim) c)``."""
@@ -133,6 +144,9 @@ class NeuralWeakForm(nn.Module):
         xi = self.at_points(X).unflatten(-1, (1 + self.gdim, C))                      # (B, Q, 1+d, C)
         out = self.net(xi.flatten(-2) / self.scale)
         source = out[..., :C]                                                          # (B, Q, C)
+        if self.raw_bound is not None:
+            bound = softplus(self.raw_bound)
+            source = bound * torch.tanh(source / bound)
         if self.flux == "dissipative":
             flux = -self.diffusivity * softplus(out[..., C:])[:, :, None] * xi[:, :, 1:]  # (B, Q, d, C)
         else:
@@ -163,6 +177,8 @@ class MultiscaleSDE(nn.Module):
         :math:`h = 0` on the nodes where every component of :math:`u` is held.
     flux : str
         The closure's flux, ``"dissipative"`` or ``"free"`` (:class:`NeuralWeakForm`).
+    bounded_source : bool
+        Bound the closure's source (:class:`NeuralWeakForm`).
     width, depth : int
         The weak-form network's size.
     noise : float
@@ -173,8 +189,8 @@ class MultiscaleSDE(nn.Module):
     """
     noise_type, sde_type = "additive", "ito"
 
-    def __init__(self, V, n_latent=5, *, physics=None, fixed_dofs=(), flux="dissipative", width=64, depth=2,
-                 noise=1e-2, damping=50.0):
+    def __init__(self, V, n_latent=5, *, physics=None, fixed_dofs=(), flux="dissipative", bounded_source=True,
+                 width=64, depth=2, noise=1e-2, damping=50.0):
         super().__init__()
         Vs = scalar_space(V)
         self.n_nodes, self.n_components, self.n_latent = Vs.dim(), V.block_size, n_latent
@@ -182,7 +198,8 @@ class MultiscaleSDE(nn.Module):
         self.size = self.n_u + self.n_nodes * n_latent
         channels = self.n_components + n_latent
         self.physics = physics
-        self.closure = NeuralWeakForm(Vs, channels, flux=flux, width=width, depth=depth)
+        self.closure = NeuralWeakForm(Vs, channels, flux=flux, width=width, depth=depth,
+                                      bounded=bounded_source)
         self.mass = MassOperator(Vs)
         lumped = MassOperator(Vs, "lumped").diag.numpy()       # HRZ: positive for any degree
         spread = np.sqrt(lumped.mean() / lumped)
@@ -231,6 +248,24 @@ class MultiscaleSDE(nn.Module):
         latent = a * torch.tanh(self._solve_mass(R[..., c:]) / a) - kappa * h
         return torch.cat([resolved.reshape(B, -1), latent.reshape(B, -1)], dim=1) * self.mask
 
+    def parts(self, t, z):
+        r"""The drift's parts, each ``(B, ·)``: ``"physics"`` (the coarse discretisation alone),
+        ``"closure"`` (what the learned residual adds to :math:`u`'s rate), ``"latent forcing"``
+        (:math:`a\tanh(G/a)`) and ``"latent damping"`` (:math:`-\kappa h`). They sum to
+        :meth:`f` (on the free dofs); for telling which part of a diverging forecast grew."""
+        R = self.closure(self.channels(z))
+        B, c = R.shape[0], self.n_components
+        u, h = self.split(z)
+        forcing = R[..., :c].reshape(B, -1)
+        if self.physics is None:
+            physics, resolved = torch.zeros_like(u), self._solve_mass(R[..., :c]).reshape(B, -1)
+        else:
+            physics, resolved = self.physics(t, u), self.physics(t, u, forcing=forcing)
+        a, kappa = softplus(self.raw_amplitude), softplus(self.raw_damping)
+        return {"physics": physics, "closure": resolved - physics,
+                "latent forcing": (a * torch.tanh(self._solve_mass(R[..., c:]) / a)).reshape(B, -1),
+                "latent damping": (-kappa * h).reshape(B, -1)}
+
     def _solve_mass(self, R):
         """:math:`M^{-1}` channel by channel: ``(B, N, k) -> (B, N, k)``."""
         B, N, k = R.shape
@@ -243,13 +278,17 @@ class MultiscaleSDE(nn.Module):
     @torch.no_grad()
     def calibrate(self, z):
         """Set the network's input scales from encoded data ``(B, D)``: the standard deviation of
-        each component of :math:`u` and of its gradient over samples and points. The auxiliary
-        channels keep scale one: their size is learned, and an untrained encoder's is arbitrary."""
+        each component of :math:`u` and of its gradient over samples and points, and the source's
+        bound at ten times each component's scale per unit time. The auxiliary channels keep scale
+        one: their size is learned, and an untrained encoder's is arbitrary."""
         features = self.closure.at_points(self.channels(z)).flatten(0, 1)
         channel = torch.arange(features.shape[1], device=z.device) % self.closure.channels
         observed = channel < self.n_components
         scale = torch.where(observed, features.std(0).clamp_min(1e-6), torch.ones_like(self.closure.scale))
         self.closure.scale.copy_(scale)
+        if self.closure.raw_bound is not None:
+            values = scale[:self.closure.channels]              # the channels' own values come first
+            self.closure.raw_bound.copy_(torch.log(torch.expm1(10.0 * values)))
 
 
 @dataclass
@@ -273,6 +312,10 @@ class ModelConfig:
     flux : str
         The closure's flux: ``"dissipative"`` (a learned eddy diffusivity, stable by
         construction) or ``"free"`` (any function of the channels and their gradients).
+    bounded_source : bool
+        Bound the closure's source by a learned constant per channel
+        (:class:`NeuralWeakForm`): with the dissipative flux, the closure cannot make a
+        forecast blow up.
     filter_width : float
         Helmholtz filter width of the restriction in units of the local coarse cell size
         :math:`\Delta = |K|^{1/d}` (:func:`~firedrake_msm.transfer.cell_width`); 0.41 matches the
@@ -296,6 +339,7 @@ class ModelConfig:
     n_latent: int = 5
     physics: bool = True
     flux: str = "dissipative"
+    bounded_source: bool = True
     filter_width: float = 0.41
     local_decoder: bool = False
     width: int = 64
@@ -367,7 +411,8 @@ class MultiscaleModel(nn.Module):
         self.smoother = GaussianProcessSmoother(self.V.block_size + config.n_latent)
         self.sde = MultiscaleSDE(self.V, config.n_latent, physics=physics,
                                  fixed_dofs=fixed[fixed < self.V.dim()], width=config.width,
-                                 flux=config.flux, depth=config.depth, damping=config.damping)
+                                 flux=config.flux, bounded_source=config.bounded_source, depth=config.depth,
+                                 damping=config.damping)
         self.decoder = Decoder(self.transfer, config.n_latent, local=config.local_decoder)
 
     @classmethod

@@ -14,14 +14,14 @@ from firedrake_msm import checkpoint
 from firedrake_msm.data import SnapshotWindows, check_space, load_trajectories, splits
 from firedrake_msm.elbo import (drift_residual, elbo, gaussian_log_likelihood, reparametrise,
                                 residual_energy, stratified_times)
-from firedrake_msm.forecast import forecast
+from firedrake_msm.forecast import diagnose, forecast
 from firedrake_msm.metrics import relative_l2
 from firedrake_msm.model import ModelConfig, MultiscaleModel
 
 
 @dataclass
 class TrainConfig:
-    r"""Optimisation settings (DESIGN.md §4's protocol by default, except the number of steps).
+    r"""Optimisation settings (the reference protocol's by default, except the number of steps).
 
     Attributes
     ----------
@@ -120,9 +120,10 @@ def negative_elbo(model, batch, *, beta, residual_times):
 
 def relative_errors(model, snapshots, times, *, samples, seed=0):
     """Relative L2 errors ``(n, T)`` of the ensemble mean forecast from each trajectory's first
-    snapshot, against ``snapshots`` ``(n, T, N_h)`` (numpy)."""
+    snapshot, against ``snapshots`` ``(n, T, N_h)`` (numpy), and what :func:`diagnose` says of it
+    (None when it stayed finite)."""
     result = forecast(model, torch.as_tensor(snapshots[:, 0]), times, samples=samples, seed=seed)
-    return relative_l2(snapshots, result.mean.cpu())
+    return relative_l2(snapshots, result.mean.cpu()), diagnose(model, result)
 
 
 def fit(dataset, folder, model_config=None, config=TrainConfig(), *, mesh=None, resume=False, warm_start=None,
@@ -279,9 +280,13 @@ class _Run:
         the best model in ``best.pt``."""
         times, snapshots = validation
         with _parameters(self.model, self.average):
-            errors = relative_errors(self.model, snapshots, times, samples=self.config.validation_samples,
-                                     seed=self.config.seed)
+            errors, blew_up = relative_errors(self.model, snapshots, times,
+                                              samples=self.config.validation_samples, seed=self.config.seed)
         error = float(errors.mean())
+        if blew_up or not np.isfinite(error):
+            # Reported, not kept: a run whose early forecasts blow up often recovers.
+            tqdm.write(f"{self.folder.name}, step {self.state['step']}: validation diverged: {blew_up}")
+            error = float("inf")
         if error < self.state["best"]:
             self.state["best"] = error
             self.save(self.best)

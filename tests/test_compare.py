@@ -46,7 +46,8 @@ def test_the_reference_protocols_are_their_configuration_files():
     on fewer samples a step, with the local decoder; the 1D cases average their parameters."""
     kdv, burgers, cylinder, pulse = map(Protocol.load, ("kdv", "burgers2d", "cylinder", "pulse"))
     assert burgers.dns == {"resolution": 64} and kdv.dns == {}
-    assert kdv.model == {"n_latent": 5, "flux": "free"} and burgers.model == {"n_latent": 5}
+    assert kdv.model == {"n_latent": 5, "flux": "free", "bounded_source": False}
+    assert burgers.model == {"n_latent": 5, "bounded_source": False}
     assert (kdv.train.noise_std, burgers.train.noise_std, cylinder.train.noise_std) == (0.01, 0.001, 0.001)
     assert (burgers.train.batch_size, burgers.train.residual_times) == (8, 32)
     assert (cylinder.train.batch_size, cylinder.train.residual_times) == (2, 8)
