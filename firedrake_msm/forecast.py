@@ -1,10 +1,12 @@
 r"""Ensemble forecasts of a trained model with torchsde, decoded to the fine and coarse meshes."""
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 import torchsde
-from firedrake import Function, VTKFile, assemble, interpolate
+from firedrake import CheckpointFile, Function, VTKFile, assemble, interpolate
 from firedrake.ml.pytorch import from_torch
 
 from firedrake_msm.metrics import crps
@@ -52,6 +54,22 @@ class Forecast:
             raise ValueError(f"field must be 'mean', 'std' or 'member', not {field!r}")
         name = field if member is None else f"member {member}"
         return Function(self.space, name=name).assign(from_torch(values.detach().double().cpu(), self.space))
+
+    def save(self, path, *, trajectory=0):
+        """Write one trajectory's ensemble mean and spread at every output time to a Firedrake
+        ``CheckpointFile`` (written under a temporary name and renamed): read them back with
+        ``f.load_function(f.load_mesh(), "mean", idx=k)`` (and ``"std"``), ``k`` the output
+        time's index; the times are the file's attribute ``times``."""
+        path = Path(path)
+        partial = path.with_name(path.name + ".partial")
+        with CheckpointFile(str(partial), "w", comm=self.space.comm) as f:
+            f.save_mesh(self.space.mesh())
+            for k in range(len(self.times)):
+                for field in ("mean", "std"):
+                    f.save_function(self.function(k, trajectory=trajectory, field=field), idx=k)
+            f.set_attr("/", "times", np.asarray(self.times, dtype=float))
+        if self.space.comm.rank == 0:
+            os.replace(partial, path)
 
 
 @torch.no_grad()

@@ -147,14 +147,20 @@ def test_from_the_users_own_time_loop_in_python(heat, tmp_path):
     expected = msm.forecast(model, [initial], times, samples=3, seed=2).mean
     data.unlink()
     script = textwrap.dedent(f'''
+        import numpy as np
         import torch
-        from firedrake import Function
+        from firedrake import CheckpointFile, Function
         import firedrake_msm as msm
         model = msm.MultiscaleModel.load({str(best)!r})
         initial = Function(model.transfer.V_fine).assign(1.0)
         result = msm.forecast(model, initial, {times.tolist()!r}, samples=3, seed=2, members=True)
         mean = result.function(-1)
         assert mean.function_space() is model.transfer.V_fine
+        result.save({str(tmp_path / "forecast.h5")!r})
+        with CheckpointFile({str(tmp_path / "forecast.h5")!r}, "r") as f:
+            back = f.load_function(f.load_mesh(), "mean", idx=len(result.times) - 1)
+            assert np.allclose(back.dat.data_ro, mean.dat.data_ro, rtol=0, atol=1e-15)
+            assert np.allclose(f.get_attr("/", "times"), result.times)
         torch.save(result.mean, {str(tmp_path / "mean.pt")!r})
         print(type(model.problem).__name__, result.members.shape)
     ''')
