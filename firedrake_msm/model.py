@@ -80,12 +80,15 @@ class NeuralWeakForm(nn.Module):
       or boundary layer is under-resolved, use the dissipative flux: a free one learns a
       negative viscosity there.
 
-    With ``bounded=True`` the source is :math:`s_c = b_c\tanh(\hat s_c / b_c)` with a learned
-    bound :math:`b_c > 0` per channel (:meth:`MultiscaleSDE.calibrate` starts it at ten times
-    the channel's scale per unit time). Trained only at posterior samples, an unbounded source
-    can grow without limit off the data, and a forecast that leaves them then blows up; bounded,
-    the source adds at most :math:`b_c t` to a channel by time :math:`t`, and with the
-    dissipative flux nothing in the closure can make a forecast blow up.
+    With ``bounded=True`` the source is :math:`s_c = b_c\tanh((\hat s_c(\xi) - \hat s_c(0)) / b_c)`
+    with a learned bound :math:`b_c > 0` per channel (:meth:`MultiscaleSDE.calibrate` starts it
+    at ten times the channel's scale per unit time). Trained only at posterior samples, an
+    unbounded source can grow without limit off the data, and a forecast that leaves them then
+    blows up; bounded, the rate it gives a channel (its :math:`L^2` projection) has an
+    :math:`L^2` norm of at most :math:`b_c|\Omega|^{1/2}`, and with the dissipative flux nothing
+    in the closure can make a forecast blow up. It vanishes
+    at rest (:math:`\xi = 0`), where nothing is unresolved: a constant offset would otherwise
+    fill the quiet parts of the domain at the rate :math:`b_c`.
 
     The tabulations :math:`E = [\phi_j(x_q)]` and :math:`D_k = [\partial_k\phi_j(x_q)]` are
     assembled once by Firedrake (interpolation into a quadrature space), the weights as
@@ -146,7 +149,8 @@ class NeuralWeakForm(nn.Module):
         source = out[..., :C]                                                          # (B, Q, C)
         if self.raw_bound is not None:
             bound = softplus(self.raw_bound)
-            source = bound * torch.tanh(source / bound)
+            rest = self.net(torch.zeros_like(xi[:1, :1].flatten(-2)))[..., :C]
+            source = bound * torch.tanh((source - rest) / bound)
         if self.flux == "dissipative":
             flux = -self.diffusivity * softplus(out[..., C:])[:, :, None] * xi[:, :, 1:]  # (B, Q, d, C)
         else:
@@ -313,8 +317,8 @@ class ModelConfig:
         The closure's flux: ``"dissipative"`` (a learned eddy diffusivity, stable by
         construction) or ``"free"`` (any function of the channels and their gradients).
     bounded_source : bool
-        Bound the closure's source by a learned constant per channel
-        (:class:`NeuralWeakForm`): with the dissipative flux, the closure cannot make a
+        Bound the closure's source by a learned constant per channel, and make it vanish at
+        rest (:class:`NeuralWeakForm`): with the dissipative flux, the closure cannot make a
         forecast blow up.
     filter_width : float
         Helmholtz filter width of the restriction in units of the local coarse cell size

@@ -89,6 +89,25 @@ def test_learned_flux_dissipates_every_channel():
     assert torch.all(energy_rate <= 1e-12 * energy_rate.abs().max()) and energy_rate.min() < 0.0
 
 
+def test_bounded_source_vanishes_at_rest_and_stays_within_its_bound():
+    r"""However wild the network, the source is zero for the rest state, and the rate it gives a
+    channel, :math:`M^{-1}R` (the L² projection of the source), has an L² norm of at most the
+    bound times :math:`|\Omega|^{1/2}` (here 1): the closure alone cannot make a forecast blow up."""
+    sde = wild_sde()
+    closure = sde.closure
+    with torch.no_grad():
+        closure.diffusivity = 0.0                                   # the source alone
+    bound = softplus(closure.raw_bound)
+    zero = torch.zeros(2, sde.n_nodes, closure.channels, dtype=F64)
+    assert closure(zero).abs().max() < 1e-10 * bound.max()              # zero but for round-off
+    X = 10 * torch.randn(8, sde.n_nodes, closure.channels, dtype=F64,
+                         generator=torch.Generator().manual_seed(4))
+    R = closure(X)
+    rate = sde._solve_mass(R)
+    norms = (rate * R).sum(1).sqrt()                                # ||M^{-1} R||_M = sqrt(R^T M^{-1} R)
+    assert torch.all(norms <= bound * (1 + 1e-9)) and norms.max() > 0.5 * bound.min()
+
+
 def test_constant_diffusivity_is_firedrakes_stiffness_matrix():
     """A network with constant output ν gives R = -ν K X, K assembled by Firedrake."""
     V = FunctionSpace(UnitSquareMesh(3, 5), "CG", 2)
