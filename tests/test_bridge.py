@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 import torch
-from firedrake import (COMM_SELF, Form, CellDiameter, CellVolume, Constant, DirichletBC, Function,
+from firedrake import (COMM_SELF, CellDiameter, CellVolume, Constant, DirichletBC, Function,
                        FunctionSpace, Mesh, MixedVectorSpaceBasis, PeriodicIntervalMesh, SpatialCoordinate,
                        TestFunction, TestFunctions, TensorFunctionSpace, TrialFunctions, UnitCubeMesh,
                        UnitSquareMesh, VectorFunctionSpace, VectorSpaceBasis, action, as_vector, assemble,
@@ -13,38 +13,9 @@ from firedrake_msm.bridge import MassOperator, PhysicsDrift, ResidualOperator, U
 from firedrake_msm.bridge.mass import bc_dofs
 from firedrake_msm.problems import KdV
 
+from conftest import assembled, assign, flat, max_relative_error, random_states, with_degree
+
 BATCH = 16
-
-
-def flat(f):
-    """The flat dof vector of a Function, as the bridge orders it."""
-    return np.concatenate([d.data_ro.reshape(-1) for d in f.dat])
-
-
-def assign(f, vector):
-    offset = 0
-    for d in f.dat:
-        n = d.data_ro.size
-        d.data[:] = vector[offset:offset + n].reshape(d.data_ro.shape)
-        offset += n
-
-
-def random_states(V, batch=BATCH, scale=0.5, seed=0):
-    return scale * torch.randn(batch, V.dim(), dtype=torch.float64,
-                               generator=torch.Generator().manual_seed(seed))
-
-
-def assembled(F, u, U):
-    out = []
-    for state in U.numpy():
-        assign(u, state)
-        out.append(flat(assemble(F)))
-    return np.array(out)
-
-
-def max_relative_error(a, b):
-    a, b = np.asarray(a), np.asarray(b)
-    return float((np.abs(a - b).max(axis=1) / np.abs(b).max(axis=1)).max())
 
 
 def burgers_1d(degree=2):
@@ -152,15 +123,9 @@ def case(request, meshes_dir):
 def test_residual_matches_assemble(case):
     F, u = case
     op = ResidualOperator(F, u)
-    U = random_states(u.function_space())
+    U = random_states(u.function_space(), BATCH)
     error = max_relative_error(op(U).numpy(), assembled(F, u, U))
     assert error <= 1e-12, error
-
-
-def with_degree(F, degree):
-    """F integrated with one fixed quadrature degree: UFL estimates different degrees for a
-    non-polynomial residual and its Jacobian, which would compare two different discretisations."""
-    return Form([itg.reconstruct(metadata={"quadrature_degree": degree}) for itg in F.integrals()])
 
 
 def test_jvp_matches_assembled_jacobian(case):
@@ -182,7 +147,7 @@ def test_jvp_matches_assembled_jacobian(case):
 
 def test_float32_agrees_with_float64():
     F, u = burgers_2d(2)
-    U = random_states(u.function_space())
+    U = random_states(u.function_space(), BATCH)
     exact = ResidualOperator(F, u)(U)
     single = ResidualOperator(F, u, dtype=torch.float32)(U.float())
     assert single.dtype == torch.float32
@@ -191,7 +156,7 @@ def test_float32_agrees_with_float64():
 
 def test_compiled_operator_agrees():
     F, u = burgers_2d(2)
-    U = random_states(u.function_space())
+    U = random_states(u.function_space(), BATCH)
     eager = ResidualOperator(F, u)
     compiled = ResidualOperator(F, u, compile=True)
     assert max_relative_error(compiled(U).detach().numpy(), eager(U).numpy()) <= 1e-12
@@ -201,7 +166,7 @@ def test_wrong_device_or_dtype_is_an_error():
     F, u = burgers_1d()
     op = ResidualOperator(F, u)
     with pytest.raises(ValueError, match="float32"):
-        op(random_states(u.function_space()).float())
+        op(random_states(u.function_space(), BATCH).float())
     with pytest.raises(ValueError, match="shape"):
         op(torch.zeros(3, 5, dtype=torch.float64))
 
@@ -211,7 +176,7 @@ def test_constants_are_live_and_parameters_learnable():
     u, v = Function(V), TestFunction(V)
     nu, c = Constant(0.1), Constant(2.0)
     F = (nu * inner(grad(u), grad(v)) + c * u**2 * v) * dx
-    U = random_states(V)
+    U = random_states(V, BATCH)
     op = ResidualOperator(F, u)
     before = op(U)
     nu.assign(0.2)
@@ -253,7 +218,7 @@ def test_mismatched_spaces_are_an_error():
 def test_mass_inverse(family, degree, quadrilateral):
     V = VectorFunctionSpace(UnitSquareMesh(5, 5, quadrilateral=quadrilateral), family, degree)
     M = MassOperator(V)
-    X = random_states(V)
+    X = random_states(V, BATCH)
     assert np.abs((M.solve(M(X)) - X).numpy()).max() <= 1e-10
     v = TestFunction(V)
     f = Function(V)
@@ -263,7 +228,7 @@ def test_mass_inverse(family, degree, quadrilateral):
 
 def test_mass_cg():
     V = FunctionSpace(UnitSquareMesh(8, 8), "CG", 2)
-    X = random_states(V)
+    X = random_states(V, BATCH)
     cg = MassOperator(V, dense_limit=0)
     assert cg.solver == "cg"
     assert np.abs((cg.solve(cg(X)) - X).numpy()).max() <= 1e-10
@@ -299,7 +264,7 @@ def test_drift_holds_dirichlet_values(meshes_dir):
     F = (u * (u.dx(0) + u.dx(1)) * v + Constant(0.01) * inner(grad(u), grad(v))) * dx
     bcs = [DirichletBC(V, 0.0, (1, 3)), DirichletBC(V, 1.0, 4)]
     drift = PhysicsDrift(F, u, bcs)
-    U = drift.apply_bcs(random_states(V))
+    U = drift.apply_bcs(random_states(V, BATCH))
     dU = drift(0.0, U)
     assert torch.all(dU[:, drift.bc_dofs] == 0)
     assert torch.all(U[:, drift.bc_dofs] == drift.bc_values)
@@ -309,7 +274,7 @@ def test_drift_holds_dirichlet_values(meshes_dir):
     free = np.setdiff1d(np.arange(V.dim()), drift.bc_dofs.numpy())
     assert torch.allclose(MdU[:, free], -R[:, free], rtol=1e-10, atol=1e-12)
     # A forcing residual joins -F on the free rows and leaves the fixed ones alone.
-    forcing = random_states(V, seed=1)
+    forcing = random_states(V, BATCH, seed=1)
     dU = drift(0.0, U, forcing=forcing)
     assert torch.all(dU[:, drift.bc_dofs] == 0)
     assert torch.allclose(MassOperator(V)(dU)[:, free], (forcing - R)[:, free], rtol=1e-10, atol=1e-12)
@@ -475,7 +440,7 @@ def test_component_condition_on_a_later_subspace():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA is not available")
 def test_cuda_matches_cpu():
     F, u = burgers_2d(2)
-    U = random_states(u.function_space())
+    U = random_states(u.function_space(), BATCH)
     cpu = ResidualOperator(F, u)(U)
     gpu = ResidualOperator(F, u, device="cuda")(U.cuda())
     assert gpu.device.type == "cuda"

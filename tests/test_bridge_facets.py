@@ -16,38 +16,9 @@ from firedrake import (COMM_SELF, CellDiameter, CellVolume, Constant, DirichletB
 from firedrake_msm.bridge import MassOperator, PhysicsDrift, ResidualOperator, UnsupportedUFLError
 from firedrake_msm.meshes import load_mesh
 
+from conftest import assembled, assign, flat, max_relative_error, random_states, with_degree
+
 BATCH = 8
-
-
-def flat(f):
-    """The flat dof vector of a Function or Cofunction, as the bridge orders it."""
-    return np.concatenate([d.data_ro.reshape(-1) for d in f.dat])
-
-
-def assign(f, vector):
-    offset = 0
-    for d in f.dat:
-        n = d.data_ro.size
-        d.data[:] = vector[offset:offset + n].reshape(d.data_ro.shape)
-        offset += n
-
-
-def random_states(V, batch=BATCH, seed=0):
-    return 0.5 * torch.randn(batch, V.dim(), dtype=torch.float64,
-                             generator=torch.Generator().manual_seed(seed))
-
-
-def assembled(F, u, U):
-    out = []
-    for state in U.numpy():
-        assign(u, state)
-        out.append(flat(assemble(F)))
-    return np.array(out)
-
-
-def max_relative_error(a, b):
-    a, b = np.asarray(a), np.asarray(b)
-    return float((np.abs(a - b).max(axis=1) / np.abs(b).max(axis=1)).max())
 
 
 def perturbed(mesh, amplitude, seed=0):
@@ -221,18 +192,12 @@ def case(request, meshes_dir):
 
 def test_facet_residual_matches_assemble(case):
     F, u = case
-    U = random_states(u.function_space())
+    U = random_states(u.function_space(), BATCH)
     # The facet terms alone too: the cell terms must not hide an error in them.
     facets = Form([itg for itg in F.integrals() if itg.integral_type() != "cell"])
     for form in (F, facets):
         error = max_relative_error(ResidualOperator(form, u)(U).numpy(), assembled(form, u, U))
         assert error <= 1e-12, error
-
-
-def with_degree(F, degree):
-    """F with one fixed quadrature degree, so that F and its Jacobian are the same discretisation
-    (UFL estimates different degrees for a non-polynomial residual and its derivative)."""
-    return Form([itg.reconstruct(metadata={"quadrature_degree": degree}) for itg in F.integrals()])
 
 
 @pytest.mark.parametrize("make", [dg_upwind, nitsche])
@@ -268,7 +233,7 @@ def test_physics_drift_with_boundary_terms(meshes_dir):
     F = (u * (u.dx(0) + u.dx(1)) * v + Constant(0.01) * inner(grad(u), grad(v))) * dx \
         + (Constant(2.0) * u - 1) * v * ds(names["left"]) + u**2 * v * ds(names["right"])
     drift = PhysicsDrift(F, u, [DirichletBC(V, 0.0, names["bottom"])])
-    U = drift.apply_bcs(random_states(V))
+    U = drift.apply_bcs(random_states(V, BATCH))
     dU = drift(0.0, U)
     assert torch.all(dU[:, drift.bc_dofs] == 0)
     free = np.setdiff1d(np.arange(V.dim()), drift.bc_dofs.numpy())
@@ -283,7 +248,7 @@ def test_constants_in_facet_terms_are_live_and_learnable():
     u, v = Function(V), TestFunction(V)
     alpha = Constant(1.0)
     F = inner(grad(u), grad(v)) * dx + alpha * u**2 * v * ds
-    U = random_states(V)
+    U = random_states(V, BATCH)
     theta = torch.nn.Parameter(torch.tensor(0.7, dtype=torch.float64))
     op = ResidualOperator(F, u, parameters={alpha: theta})
     op(U).sum().backward()
