@@ -8,6 +8,8 @@ import torch
 from firedrake import (CellVolume, Function, FunctionSpace, SpatialCoordinate, TestFunction, TrialFunction,
                        VectorFunctionSpace, assemble, dx, grad, inner, interpolate)
 from firedrake.ml.pytorch import from_torch, to_torch
+from ufl import as_ufl
+from ufl.constantvalue import Zero
 
 from firedrake_msm.bridge.mass import to_torch_sparse
 from firedrake_msm.bridge.tabulation import component_groups, tabulate
@@ -21,13 +23,17 @@ class Transfer(torch.nn.Module):
 
     The restriction is the Helmholtz-filtered :math:`L^2` projection: :math:`u_H = R y_h` solves
 
-    .. math:: (u_H, v) + \alpha^2 (\nabla u_H, \nabla v) = (y_h, v)\qquad \forall v \in V_H,
+    .. math:: (P u_H, P v)_h + \alpha^2 (\nabla u_H, \nabla v) = (y_h, P v)_h\qquad \forall v \in V_H,
 
     the finite-element LES filter of width :math:`\alpha` applied in the coarse space
-    (:math:`\alpha = 0`: the plain :math:`L^2` projection). Its right-hand side is
-    :math:`B y_h` with :math:`B = P^T M_h`: exact when :math:`V_H \subset V_h` (nested meshes);
-    otherwise the coarse basis is first interpolated on the fine mesh, an :math:`O(h^2)`
-    perturbation for P1. Hence :math:`RP = I` on nested meshes when :math:`\alpha = 0`.
+    (:math:`\alpha = 0`: the plain :math:`L^2` projection). Both inner products
+    :math:`(\cdot, \cdot)_h` are taken on the fine mesh, with the coarse basis interpolated there:
+    the matrix is the Galerkin mass :math:`P^T M_h P` and the right-hand side :math:`P^T M_h y_h`.
+    On nested meshes this is the coarse mass matrix itself. On non-nested ones, the coarse mass
+    matrix would integrate over the coarse mesh's domain while the right-hand side integrates over
+    the fine one: where the two differ (a curved boundary, inscribed in polygons of different
+    sizes) even a field the coarse space holds exactly would come back wrong. Taken on the fine
+    mesh, :math:`RP = I` on any pair of meshes when :math:`\alpha = 0`.
 
     Parameters
     ----------
@@ -51,10 +57,19 @@ class Transfer(torch.nn.Module):
         u, v = TrialFunction(V_fine), TestFunction(V_fine)
         M_fine = scipy_matrix(assemble(inner(u, v) * dx))
         u, v = TrialFunction(V_coarse), TestFunction(V_coarse)
-        A = scipy_matrix(assemble((inner(u, v) + filter_width**2 * inner(grad(u), grad(v))) * dx))
+        load = (P.T @ M_fine).tocsr()
+        A = load @ P
+        alpha2 = as_ufl(filter_width) ** 2
+        if not isinstance(alpha2, Zero):
+            A += scipy_matrix(assemble(alpha2 * inner(grad(u), grad(v)) * dx))
+        A = torch.as_tensor(A.toarray())
         self.register_buffer("prolongation", to_torch_sparse(P), persistent=False)
-        self.register_buffer("load", to_torch_sparse((P.T @ M_fine).tocsr()), persistent=False)
-        cholesky = torch.linalg.cholesky(torch.as_tensor(A.toarray()))
+        self.register_buffer("load", to_torch_sparse(load), persistent=False)
+        cholesky, info = torch.linalg.cholesky_ex(A)
+        if info:
+            raise ValueError(f"the coarse mesh has a node whose basis function vanishes at every node of the "
+                             f"fine space ({V_fine.dim()} dofs), so the restriction is singular: is the fine "
+                             f"mesh finer than the coarse one, over the same domain?")
         self.register_buffer("cholesky", cholesky, persistent=False)
         self.to(device=device, dtype=dtype)
 
