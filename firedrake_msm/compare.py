@@ -23,7 +23,7 @@ from firedrake_msm.baselines import CoarseSolver
 from firedrake_msm.data import load_trajectories, splits
 from firedrake_msm.dns import simulate
 from firedrake_msm.forecast import forecast, write_vtk
-from firedrake_msm.metrics import diverged_at, relative_l2, relative_l2_fe, summary
+from firedrake_msm.metrics import diverged_at, relative_l2, relative_l2_fe, spread_skill_of_moments, summary
 from firedrake_msm.model import MultiscaleModel
 from firedrake_msm.problems import reference, resolve
 from firedrake_msm.protocol import Protocol
@@ -35,15 +35,16 @@ METHODS = ("coarse_dns", "smagorinsky", "implicit_scale", "multiscale")
 @dataclass
 class Result:
     """One method on the test trajectories: ``errors`` and ``errors_fe`` ``(n, T)`` (dof-vector
-    and FE :math:`L^2` norms), ``crps`` ``(n, T)`` (ensembles only), cost per simulated time
-    unit, the fine-mesh mean (and spread) of every test trajectory, ``(n, T, N_h)``, and the time
-    at which the forecast blew up, if it did."""
+    and FE :math:`L^2` norms), ``crps`` and ``spread_skill`` ``(n, T)`` (ensembles only), cost
+    per simulated time unit, the fine-mesh mean (and spread) of every test trajectory,
+    ``(n, T, N_h)``, and the time at which the forecast blew up, if it did."""
     errors: np.ndarray
     errors_fe: np.ndarray
     seconds_per_unit_time: float
     mean: np.ndarray
     spread: np.ndarray = None
     crps: np.ndarray = None
+    spread_skill: np.ndarray = None
     diverged_at: float = None
 
 
@@ -184,7 +185,8 @@ def _learned(saved, times, truth, samples):
     seconds = (time.perf_counter() - start) / (times[-1] - times[0]) / truth.shape[0]
     mean, spread = result.mean.double().numpy(), result.std.double().numpy()
     errors_fe = relative_l2_fe(truth, mean, _mass(model.transfer.V_fine))
-    return Result(relative_l2(truth, mean), errors_fe, seconds, mean, spread, result.crps,
+    ratio = spread_skill_of_moments(mean, spread**2, truth, samples) if samples > 1 else None
+    return Result(relative_l2(truth, mean), errors_fe, seconds, mean, spread, result.crps, ratio,
                   diverged_at(times, mean))
 
 
@@ -223,17 +225,32 @@ def _training(saved):
             "average": config["average"], "local_decoder": contents["model_config"]["local_decoder"]}
 
 
+def break_even(training_seconds, seconds_per_unit_time, fine_seconds_per_unit_time, horizon):
+    r"""How many forecasts of length ``horizon`` a learned model must make before its training
+    and forecasts cost less than a fine DNS of each,
+    :math:`n^* = t_{train} / ((c_{fine} - c)\,T)` with the costs :math:`c` per unit time (None
+    where a forecast costs at least the fine DNS: never)."""
+    saved = (fine_seconds_per_unit_time - seconds_per_unit_time) * horizon
+    return training_seconds / saved if saved > 0 else None
+
+
 def _summary(protocol, dataset, fine, results, seconds, trainings, fine_cost, times, truth):
     methods = {}
     for name in METHODS:
         r = results[name]
         mean, std = summary(r.errors)
         mean_fe, std_fe = summary(r.errors_fe)
+        training_seconds = seconds.get(name)
         methods[name] = {"rel_l2_mean": mean, "rel_l2_std": std, "rel_l2_fe_mean": mean_fe,
                          "rel_l2_fe_std": std_fe,
                          "crps": None if r.crps is None else float(np.mean(r.crps)),
+                         # After the first time, where the posterior, not the SDE, gives the spread.
+                         "spread_skill": None if r.spread_skill is None
+                         else float(np.mean(r.spread_skill[:, 1:])),
+                         "break_even_forecasts": None if training_seconds is None else break_even(
+                             training_seconds, r.seconds_per_unit_time, fine_cost, times[-1] - times[0]),
                          "seconds_per_unit_time": r.seconds_per_unit_time,
-                         "training_seconds": seconds.get(name), "training": trainings.get(name),
+                         "training_seconds": training_seconds, "training": trainings.get(name),
                          "diverged_at": r.diverged_at,
                          "reference_rel_l2": protocol.reference.get(name)}
     return {"case": protocol.name, "problem": protocol.problem, "problem_options": protocol.problem_options,
@@ -243,17 +260,23 @@ def _summary(protocol, dataset, fine, results, seconds, trainings, fine_cost, ti
 
 
 def _tables(out, summary_):
-    header = ["method", "rel. L2 (mean ± std)", "rel. L2, FE norm", "CRPS", "s / unit time", "training s",
-              "reference rel. L2"]
+    header = ["method", "rel. L2 (mean ± std)", "rel. L2, FE norm", "CRPS", "spread/skill", "s / unit time",
+              "training s", "break-even forecasts", "reference rel. L2"]
     rows = []
     for name, m in summary_["methods"].items():
         diverged = None if m["diverged_at"] is None else f"blew up at t = {m['diverged_at']:.4g}"
+        trained = m["training_seconds"] is not None
         rows.append([name, diverged or f"{m['rel_l2_mean']:.4f} ± {m['rel_l2_std']:.4f}",
                      diverged or f"{m['rel_l2_fe_mean']:.4f} ± {m['rel_l2_fe_std']:.4f}",
-                     "" if m["crps"] is None else f"{m['crps']:.4g}", f"{m['seconds_per_unit_time']:.3g}",
-                     "" if m["training_seconds"] is None else f"{m['training_seconds']:.0f}",
+                     "" if m["crps"] is None else f"{m['crps']:.4g}",
+                     "" if m["spread_skill"] is None else f"{m['spread_skill']:.3g}",
+                     f"{m['seconds_per_unit_time']:.3g}",
+                     f"{m['training_seconds']:.0f}" if trained else "",
+                     "" if not trained else "never" if m["break_even_forecasts"] is None
+                     else f"{m['break_even_forecasts']:.3g}",
                      "" if m["reference_rel_l2"] is None else f"{m['reference_rel_l2']:.3f}"])
-    rows.append(["fine DNS", "", "", "", f"{summary_['fine_dns']['seconds_per_unit_time']:.3g}", "", ""])
+    fine_cost = f"{summary_['fine_dns']['seconds_per_unit_time']:.3g}"
+    rows.append(["fine DNS", "", "", "", "", fine_cost, "", "", ""])
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     fine = summary_["fine"]

@@ -192,12 +192,18 @@ def spread_skill(ensemble, truth):
     numpy.ndarray
         ``(...)``.
     """
-    x, y = _numpy(ensemble), _numpy(truth)
-    S = x.shape[0]
-    if S < 2:
+    x = _numpy(ensemble)
+    if x.shape[0] < 2:
         raise ValueError("the spread of an ensemble needs at least two members")
-    spread = np.sqrt((S + 1) / S * x.var(axis=0, ddof=1).mean(axis=-1))
-    return spread / np.sqrt(((x.mean(axis=0) - y) ** 2).mean(axis=-1))
+    return spread_skill_of_moments(x.mean(axis=0), x.var(axis=0, ddof=1), truth, x.shape[0])
+
+
+def spread_skill_of_moments(mean, variance, truth, members):
+    """:func:`spread_skill` from an ensemble's mean and unbiased (``ddof=1``) variance
+    ``(..., N)`` of ``members`` members, for ensembles too large to keep."""
+    mean, variance, y = _numpy(mean), _numpy(variance), _numpy(truth)
+    spread = np.sqrt((members + 1) / members * variance.mean(axis=-1))
+    return spread / np.sqrt(((mean - y) ** 2).mean(axis=-1))
 
 
 def energy_spectrum(u, length):

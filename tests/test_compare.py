@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from firedrake_msm.cli import main
-from firedrake_msm.compare import METHODS
+from firedrake_msm.compare import METHODS, break_even
 from firedrake_msm.protocol import Protocol
 
 
@@ -18,7 +18,11 @@ def test_compare_writes_tables_plots_and_vtk(tmp_path, monkeypatch, capsys, case
     assert set(summary["methods"]) == set(METHODS)
     for name, method in summary["methods"].items():
         assert 0 < method["rel_l2_mean"] < 2 and method["seconds_per_unit_time"] > 0
-        assert (method["crps"] is None) == (name in ("coarse_dns", "smagorinsky"))
+        learned = name in ("implicit_scale", "multiscale")
+        assert (method["crps"] is None) == (method["spread_skill"] is None) == (not learned)
+        assert learned == (method["training_seconds"] is not None)
+        if learned and method["break_even_forecasts"] is not None:
+            assert method["break_even_forecasts"] > 0
     assert summary["methods"]["multiscale"]["reference_rel_l2"] == 0.042
     assert summary["fine_dns"]["seconds_per_unit_time"] > 0
     assert summary["fine"] == {"resolution": 100, "trajectories": 4, "dt": 0.01, "dofs": 100,
@@ -68,3 +72,10 @@ def test_a_protocol_file_of_ones_own(tmp_path):
     (tmp_path / "bad.toml").write_text('problem = "kdv"\n[model]\nwidht = 3\n')
     with pytest.raises(ValueError, match="unknown \\[model\\] settings \\[\'widht\'\\]"):
         Protocol.load(tmp_path / "bad.toml")
+
+
+def test_break_even():
+    """An hour of training, forecasts of 10 time units at 1 s per unit time against the fine
+    DNS's 10: 3600 / 90 = 40 forecasts; never where a forecast costs at least the fine DNS."""
+    assert break_even(3600.0, 1.0, 10.0, 10.0) == pytest.approx(40.0)
+    assert break_even(3600.0, 10.0, 10.0, 10.0) is None

@@ -9,7 +9,7 @@ from scipy.special import erf
 
 from firedrake_msm.bridge.mass import to_torch_sparse
 from firedrake_msm.metrics import (crps, diverged_at, energy_spectrum, fe_norm, relative_l2, relative_l2_fe,
-                                   spread_skill, summary)
+                                   spread_skill, spread_skill_of_moments, summary)
 
 
 def test_relative_l2():
@@ -105,6 +105,9 @@ def test_spread_skill_of_a_calibrated_ensemble_is_one(S):
     truth = mu + sigma * rng.standard_normal((4, 20_000))
     ratio = spread_skill(ensemble, truth)
     assert ratio.shape == (4,) and np.all(np.abs(ratio - 1) < 0.03), ratio
+    # From the moments a forecast keeps (torch's std is the ddof = 1 one), the same ratio.
+    std = torch.as_tensor(ensemble).std(0)
+    assert np.allclose(spread_skill_of_moments(ensemble.mean(0), std**2, truth, S), ratio, rtol=1e-12)
 
 
 @pytest.mark.parametrize("N", [64, 63])
