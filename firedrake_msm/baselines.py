@@ -1,12 +1,13 @@
-r"""Baselines on the coarse mesh: the under-resolved DNS and Smagorinsky LES.
+r"""Baselines on the coarse mesh: the under-resolved DNS and LES.
 
-Both run the problem's own UFL residual on the coarse space :math:`V_H` with Firedrake and
+All run the problem's own UFL residual on the coarse space :math:`V_H` with Firedrake and
 Irksome (the same stepper as the fine DNS, :func:`firedrake_msm.stepping.time_stepper`), from a coarse
 initial observed field such as the restriction :math:`R y_0` of a fine snapshot:
 
 - under-resolved DNS: :math:`(\partial_t u_H, v) + F(u_H; v) = 0`, no closure;
-- Smagorinsky LES: :math:`(\partial_t u_H, v) + F(u_H; v) + (\nu_t \nabla u_H, \nabla v) = 0`,
-  :math:`\nu_t = (C_s\Delta)^2 |S(u_H)|`.
+- LES: :math:`(\partial_t u_H, v) + F(u_H; v) + (\nu_t \nabla u_H, \nabla v) = 0`, with
+  Smagorinsky's :math:`\nu_t = (C_s\Delta)^2 |S(u_H)|` (here), or WALE's or the dynamic
+  Smagorinsky model's (:mod:`firedrake_msm.les`).
 """
 import time
 from typing import NamedTuple
@@ -119,31 +120,50 @@ class CoarseSolver:
     space : firedrake.FunctionSpace or firedrake.MeshGeometry
         The coarse (possibly mixed) state space, or the coarse mesh (then
         ``problem.function_space(mesh)``).
-    closure : None, "none", "smagorinsky" or callable
-        No closure; :func:`smagorinsky`; or ``closure(u, v)`` returning the full residual.
-    C_s : float
-        The Smagorinsky constant.
+    closure : None, "none", "smagorinsky", "wale", "dynamic" or callable
+        No closure; :func:`smagorinsky`; :func:`~firedrake_msm.les.wale`; Smagorinsky with the
+        constant of a :class:`~firedrake_msm.les.DynamicSmagorinsky` model (the attribute
+        ``dynamic``, with its default flux :func:`~firedrake_msm.les.advective_flux`), updated
+        from the state before every time step; or ``closure(u, v)`` returning the full residual.
+    C_s : float, optional
+        The closure's constant: Smagorinsky's :math:`C_s` (default 0.17) or WALE's :math:`C_w`
+        (default :data:`~firedrake_msm.les.C_W`); the dynamic model computes its own.
     dt : float, optional
         The largest time step (default ``problem.dt``).
     solver_parameters : dict, optional
         PETSc options (default :func:`firedrake_msm.stepping.direct_solver`).
     """
 
-    def __init__(self, problem, space, *, closure=None, C_s=0.17, dt=None, solver_parameters=None):
+    def __init__(self, problem, space, *, closure=None, C_s=None, dt=None, solver_parameters=None):
+        from firedrake_msm import les      # here, not at the top: les builds on this module
+
         V = problem.function_space(space) if isinstance(space, MeshGeometry) else space
         self.problem, self.dt = problem, problem.dt if dt is None else dt
+        self.state = Function(V)
+        self.dynamic = None
         if closure in (None, "none"):
             residual = None
         elif closure == "smagorinsky":
-            self.C_s = Constant(C_s)
+            self.C_s = Constant(0.17 if C_s is None else C_s)
+
+            def residual(u, v):
+                return smagorinsky(problem, u, v, self.C_s)
+        elif closure == "wale":
+            self.C_s = Constant(les.C_W if C_s is None else C_s)
+
+            def residual(u, v):
+                return les.wale(problem, u, v, self.C_s)
+        elif closure == "dynamic":
+            self.dynamic = les.DynamicSmagorinsky(problem.observed(self.state))
+            self.C_s = self.dynamic.C_s
 
             def residual(u, v):
                 return smagorinsky(problem, u, v, self.C_s)
         elif callable(closure):
             residual = closure
         else:
-            raise ValueError(f"unknown closure {closure!r}: None, 'smagorinsky' or a callable")
-        self.state = Function(V)
+            raise ValueError(f"unknown closure {closure!r}: None, 'smagorinsky', 'wale', 'dynamic' or a "
+                             "callable")
         self.t, self.dt_c = Constant(0.0), Constant(self.dt)
         self.stepper = time_stepper(problem, self.state, self.t, self.dt_c, residual=residual,
                                     solver_parameters=solver_parameters)
@@ -241,6 +261,8 @@ class CoarseSolver:
             n = max(1, int(np.ceil(interval / self.dt - 1e-9)))
             self.dt_c.assign(interval / n)
             for j in range(n):
+                if self.dynamic is not None:
+                    self.dynamic.update()
                 self.stepper.advance()
                 self.t.assign(times[k - 1] + (j + 1) * interval / n)
                 steps += 1
@@ -252,7 +274,7 @@ class CoarseSolver:
         return CoarseForecast(None if states[0] is None else np.stack(states), rate)
 
 
-def coarse_forecast(problem, space, u0, times, closure=None, C_s=0.17, dt=None, solver_parameters=None):
+def coarse_forecast(problem, space, u0, times, closure=None, C_s=None, dt=None, solver_parameters=None):
     """One coarse run: ``CoarseSolver(problem, space, ...).forecast(u0, times)``.
 
     Returns
