@@ -15,18 +15,20 @@ Models
     training), :func:`forecast` (ensembles, decoded to the fine mesh).
 Comparisons
     :class:`Protocol` (a comparison's settings, a TOML file), :func:`compare` (coarse DNS,
-    Smagorinsky and the learned models against the fine data), :class:`CoarseSolver`.
+    Smagorinsky and the learned models against the fine data), :class:`CoarseSolver`; the LES
+    closures as UFL forms, :func:`smagorinsky`, :func:`wale` and :class:`DynamicSmagorinsky`.
 The torch bridge
     :class:`ResidualOperator`, :class:`PhysicsDrift`, :class:`MassOperator`, :class:`Basis`,
     :class:`Transfer` (restriction and prolongation between the meshes).
 """
-from firedrake_msm.baselines import CoarseSolver
+from firedrake_msm.baselines import CoarseSolver, smagorinsky
 from firedrake_msm.bridge import Basis, MassOperator, PhysicsDrift, ResidualOperator, UnsupportedUFLError
 from firedrake_msm.checkpoint import CheckpointError
 from firedrake_msm.compare import compare
 from firedrake_msm.data import load_space, load_trajectories, splits
 from firedrake_msm.dns import simulate
 from firedrake_msm.forecast import Forecast, forecast, write_vtk
+from firedrake_msm.les import DynamicSmagorinsky, wale
 from firedrake_msm.meshes import PhysicalNames, load_mesh
 from firedrake_msm.model import ModelConfig, MultiscaleModel
 from firedrake_msm.problems import Problem, ProblemNotFound, reference, resolve
@@ -37,8 +39,9 @@ from firedrake_msm.transfer import Transfer
 
 __version__ = "0.1.0.dev0"
 
-__all__ = ["Basis", "CheckpointError", "CoarseSolver", "Forecast", "MassOperator", "ModelConfig",
-           "MultiscaleModel", "PhysicalNames", "PhysicsDrift", "Problem", "ProblemNotFound", "Protocol",
-           "Recorder", "ResidualOperator", "TrainConfig", "TrainingDiverged", "Transfer",
+__all__ = ["Basis", "CheckpointError", "CoarseSolver", "DynamicSmagorinsky", "Forecast", "MassOperator",
+           "ModelConfig", "MultiscaleModel", "PhysicalNames", "PhysicsDrift", "Problem", "ProblemNotFound",
+           "Protocol", "Recorder", "ResidualOperator", "TrainConfig", "TrainingDiverged", "Transfer",
            "UnsupportedUFLError", "compare", "fit", "forecast", "load_mesh", "load_space",
-           "load_trajectories", "reference", "resolve", "simulate", "splits", "write_vtk"]
+           "load_trajectories", "reference", "resolve", "simulate", "smagorinsky", "splits", "wale",
+           "write_vtk"]

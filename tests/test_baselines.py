@@ -135,7 +135,7 @@ def test_cylinder_leaves_the_pressure_to_the_stepper():
 def test_bad_arguments():
     problem = AdvectedPulse()
     with pytest.raises(ValueError, match="unknown closure"):
-        CoarseSolver(problem, problem.mesh(10), closure="dynamic")
+        CoarseSolver(problem, problem.mesh(10), closure="bogus")
     solver = CoarseSolver(problem, problem.mesh(10))
     with pytest.raises(ValueError, match="increasing"):
         solver.forecast(np.zeros(10), [0.0, 0.0])
