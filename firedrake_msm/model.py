@@ -12,10 +12,14 @@ State :math:`z = (u, h)`: :math:`u` on the coarse observed space :math:`V_H` (``
 with the physics drift :math:`f_{phys} = -M^{-1}F_H(u)` of the coarse discretisation (from the
 torch bridge), and the learned terms in weak form at the quadrature points,
 
-.. math:: M\,[C_\theta; G_\theta]_i = \int_\Omega s_\theta(\xi)\,v_i + \tau_\theta(\xi)\cdot\nabla v_i\,dx,
+.. math:: M\,[C_\theta; G_\theta]_i = \int_\Omega s_\theta(\xi)\,v_i + \tau_\theta(\xi)\cdot\nabla v_i\,dx
+          + \sum_m \int_{\Gamma_m} s^m_\theta(u, h)\,v_i\,ds,
           \qquad \xi = (u, \nabla u, h, \nabla h),
 
-so one network serves any mesh and resolution. The closure is a force in the coarse
+so one network serves any mesh and resolution. The boundary terms, one per marked part
+:math:`\Gamma_m` of the boundary, carry what the coarse mesh misses at walls, holes and inflows: an
+under-resolved boundary layer changes the flux through the boundary, which a source in the
+interior, the same function of :math:`\xi` everywhere, cannot put there. The closure is a force in the coarse
 discretisation: its residual joins :math:`-F_H(u)` before the physics' mass solve, which holds the
 Dirichlet rows and the algebraic constraints, :math:`M\dot u = -F_H(u) + R_\theta`. In
 incompressible flow the pressure answers the closure too, and :math:`u` stays discretely
@@ -43,7 +47,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 from firedrake import (COMM_SELF, Function, FunctionSpace, TestFunction, TrialFunction, assemble,
-                       dx, interpolate)
+                       ds, dx, interpolate)
 from finat.ufl import FiniteElement
 from torch import nn
 from torch.nn.functional import softplus
@@ -62,12 +66,18 @@ from firedrake_msm.transfer import Transfer, cell_width, scalar_space, scipy_mat
 
 
 class NeuralWeakForm(nn.Module):
-    r"""A learned source and flux at the quadrature points of a scalar space, tested against its
-    basis: ``(B, N, c)`` channels :math:`X` to ``(B, N, c)`` residuals
+    r"""A learned source and flux at the quadrature points of a scalar space, and a learned
+    source on each marked part of the boundary, tested against its basis: ``(B, N, c)`` channels
+    :math:`X` to ``(B, N, c)`` residuals
 
-    .. math:: R_{ic} = \sum_q w_q \bigl[s_c(\xi_q)\,\phi_i(x_q) + \tau_c(\xi_q)\cdot\nabla\phi_i(x_q)\bigr],
+    .. math:: R_{ic} = \sum_q w_q \bigl[s_c(\xi_q)\,\phi_i(x_q) + \tau_c(\xi_q)\cdot\nabla\phi_i(x_q)\bigr]
+              + \sum_m w^m_i\, s^m_c(X_i),
+              \qquad w^m_i = \int_{\Gamma_m} \phi_i\,ds,
 
-    :math:`\xi_q` the channels and their gradients at :math:`x_q`. Two fluxes:
+    :math:`\xi_q` the channels and their gradients at :math:`x_q`. The boundary sources are
+    lumped at the nodes (the trapezoidal rule on the facets, for P1), functions of the channels'
+    nodal values: one network gives :math:`s^m` for every marker :math:`m` of the mesh's
+    exterior facets. Two fluxes:
 
     - ``"dissipative"``: :math:`\tau_c = -\nu_c(\xi)\nabla X_c`, a learned eddy diffusivity
       :math:`\nu_c = \nu_0\,\mathrm{softplus}(\cdot) \ge 0`. It dissipates every channel's
@@ -88,7 +98,8 @@ class NeuralWeakForm(nn.Module):
     :math:`L^2` norm of at most :math:`b_c|\Omega|^{1/2}`, and with the dissipative flux nothing
     in the closure can make a forecast blow up. It vanishes
     at rest (:math:`\xi = 0`), where nothing is unresolved: a constant offset would otherwise
-    fill the quiet parts of the domain at the rate :math:`b_c`.
+    fill the quiet parts of the domain at the rate :math:`b_c`. The boundary sources are bounded
+    and vanish at rest the same way, with a bound per marker and channel.
 
     The tabulations :math:`E = [\phi_j(x_q)]` and :math:`D_k = [\partial_k\phi_j(x_q)]` are
     assembled once by Firedrake (interpolation into a quadrature space), the weights as
@@ -108,13 +119,15 @@ class NeuralWeakForm(nn.Module):
     diffusivity : float
         :math:`\nu_0`, in units of length² per time (dissipative flux).
     bounded : bool
-        Bound the source (see above).
+        Bound the sources (see above).
+    boundary : bool
+        Learn the boundary sources (where the mesh has exterior facets).
     degree : int, optional
         The quadrature degree (default: twice the element's).
     """
 
     def __init__(self, V, channels, *, flux="dissipative", width=64, depth=2, diffusivity=1e-3, bounded=True,
-                 degree=None):
+                 boundary=True, degree=None):
         super().__init__()
         if flux not in ("dissipative", "free"):
             raise ValueError(f"flux must be 'dissipative' or 'free', not {flux!r}")
@@ -135,6 +148,16 @@ class NeuralWeakForm(nn.Module):
         outputs = (2 if flux == "dissipative" else 1 + self.gdim) * channels
         self.net = mlp(channels * (1 + self.gdim), outputs, width, depth)
         self.raw_bound = nn.Parameter(torch.full((channels,), inverse_softplus(10.0))) if bounded else None
+        self.boundary_net = None
+        if boundary and mesh.exterior_facets.set.total_size > 0:
+            markers = mesh.exterior_facets.unique_markers
+            lumped = np.stack([assemble(TestFunction(V) * ds(int(m))).dat.data_ro for m in markers], axis=1)
+            self.register_buffer("boundary_weights", torch.as_tensor(lumped), persistent=False)     # (N, m)
+            self.boundary_net = mlp(channels, len(markers) * channels, width, depth)
+            self.raw_boundary_bound = None
+            if bounded:
+                initial = torch.full((len(markers), channels), inverse_softplus(10.0))
+                self.raw_boundary_bound = nn.Parameter(initial)
 
     def at_points(self, X):
         """Channels ``(B, N, c)`` and their gradients at the points: ``(B, Q, (1 + gdim) c)``."""
@@ -156,8 +179,16 @@ class NeuralWeakForm(nn.Module):
         else:
             flux = out[..., C:].unflatten(-1, (self.gdim, C))
         out = torch.cat([source[:, :, None], flux], dim=2).permute(2, 1, 0, 3).reshape(-1, B * C)
-        R = torch.sparse.mm(self.tables_t, self.weights[:, None] * out)               # (N, B C)
-        return R.view(N, B, C).transpose(0, 1)
+        R = torch.sparse.mm(self.tables_t, self.weights[:, None] * out).view(N, B, C).transpose(0, 1)
+        if self.boundary_net is None:
+            return R
+        scale = self.scale[:C]
+        boundary = self.boundary_net(X / scale).unflatten(-1, (-1, C))               # (B, N, m, C)
+        if self.raw_boundary_bound is not None:
+            bound = softplus(self.raw_boundary_bound)
+            rest = self.boundary_net(torch.zeros_like(scale)).unflatten(-1, (-1, C))
+            boundary = bound * torch.tanh((boundary - rest) / bound)
+        return R + torch.einsum("nm,bnmc->bnc", self.boundary_weights, boundary)
 
 
 class MultiscaleSDE(nn.Module):
@@ -182,7 +213,9 @@ class MultiscaleSDE(nn.Module):
     flux : str
         The closure's flux, ``"dissipative"`` or ``"free"`` (:class:`NeuralWeakForm`).
     bounded_source : bool
-        Bound the closure's source (:class:`NeuralWeakForm`).
+        Bound the closure's sources (:class:`NeuralWeakForm`).
+    boundary_closure : bool
+        Learn sources on the marked parts of the boundary (:class:`NeuralWeakForm`).
     width, depth : int
         The weak-form network's size.
     noise : float
@@ -194,7 +227,7 @@ class MultiscaleSDE(nn.Module):
     noise_type, sde_type = "additive", "ito"
 
     def __init__(self, V, n_latent=5, *, physics=None, fixed_dofs=(), flux="dissipative", bounded_source=True,
-                 width=64, depth=2, noise=1e-2, damping=50.0):
+                 boundary_closure=True, width=64, depth=2, noise=1e-2, damping=50.0):
         super().__init__()
         Vs = scalar_space(V)
         self.n_nodes, self.n_components, self.n_latent = Vs.dim(), V.block_size, n_latent
@@ -203,7 +236,7 @@ class MultiscaleSDE(nn.Module):
         channels = self.n_components + n_latent
         self.physics = physics
         self.closure = NeuralWeakForm(Vs, channels, flux=flux, width=width, depth=depth,
-                                      bounded=bounded_source)
+                                      bounded=bounded_source, boundary=boundary_closure)
         self.mass = MassOperator(Vs)
         lumped = MassOperator(Vs, "lumped").diag.numpy()       # HRZ: positive for any degree
         spread = np.sqrt(lumped.mean() / lumped)
@@ -293,6 +326,9 @@ class MultiscaleSDE(nn.Module):
         if self.closure.raw_bound is not None:
             values = scale[:self.closure.channels]              # the channels' own values come first
             self.closure.raw_bound.copy_(torch.log(torch.expm1(10.0 * values)))
+            if self.closure.boundary_net is not None:
+                self.closure.raw_boundary_bound.copy_(torch.log(torch.expm1(10.0 * values)).expand_as(
+                    self.closure.raw_boundary_bound))
 
 
 @dataclass
@@ -317,9 +353,13 @@ class ModelConfig:
         The closure's flux: ``"dissipative"`` (a learned eddy diffusivity, stable by
         construction) or ``"free"`` (any function of the channels and their gradients).
     bounded_source : bool
-        Bound the closure's source by a learned constant per channel, and make it vanish at
+        Bound the closure's sources by a learned constant per channel, and make them vanish at
         rest (:class:`NeuralWeakForm`): with the dissipative flux, the closure cannot make a
         forecast blow up.
+    boundary_closure : bool
+        Learn a source on each marked part of the coarse mesh's boundary
+        (:class:`NeuralWeakForm`): what an under-resolved boundary layer does to the flux
+        through a wall or a hole.
     filter_width : float
         Helmholtz filter width of the restriction in units of the local coarse cell size
         :math:`\Delta = |K|^{1/d}` (:func:`~firedrake_msm.transfer.cell_width`); 0.41 matches the
@@ -344,6 +384,7 @@ class ModelConfig:
     physics: bool = True
     flux: str = "dissipative"
     bounded_source: bool = True
+    boundary_closure: bool = True
     filter_width: float = 0.41
     local_decoder: bool = False
     width: int = 64
@@ -415,7 +456,8 @@ class MultiscaleModel(nn.Module):
         self.smoother = GaussianProcessSmoother(self.V.block_size + config.n_latent)
         self.sde = MultiscaleSDE(self.V, config.n_latent, physics=physics,
                                  fixed_dofs=fixed[fixed < self.V.dim()], width=config.width,
-                                 flux=config.flux, bounded_source=config.bounded_source, depth=config.depth,
+                                 flux=config.flux, bounded_source=config.bounded_source,
+                                 boundary_closure=config.boundary_closure, depth=config.depth,
                                  damping=config.damping)
         self.decoder = Decoder(self.transfer, config.n_latent, local=config.local_decoder)
 

@@ -1,9 +1,9 @@
 """The learned SDE's structure: what holds whatever the networks learned."""
 import numpy as np
 import torch
-from firedrake import (Constant, DirichletBC, Function, FunctionSpace, TestFunction, TestFunctions,
-                       TrialFunction, UnitSquareMesh, VectorFunctionSpace, as_vector, assemble, div, dot, dx,
-                       grad, inner, split)
+from firedrake import (Constant, DirichletBC, Function, FunctionSpace, PeriodicUnitSquareMesh, TestFunction,
+                       TestFunctions, TrialFunction, UnitSquareMesh, VectorFunctionSpace, as_vector, assemble,
+                       div, dot, ds, dx, grad, inner, split)
 from torch.nn.functional import softplus
 
 from firedrake_msm.bridge import PhysicsDrift
@@ -15,9 +15,9 @@ from firedrake_msm.transfer import Transfer
 F64 = torch.float64
 
 
-def wild_sde(n_latent=3, damping=5.0):
+def wild_sde(n_latent=3, damping=5.0, **kwargs):
     """An SDE on a small square whose network weights are blown up a hundredfold."""
-    return wild_sde_on(FunctionSpace(UnitSquareMesh(4, 4), "CG", 1), n_latent, damping=damping)
+    return wild_sde_on(FunctionSpace(UnitSquareMesh(4, 4), "CG", 1), n_latent, damping=damping, **kwargs)
 
 
 def wild_sde_on(V, n_latent=3, **kwargs):
@@ -77,7 +77,7 @@ def test_auxiliary_state_is_zero_where_u_is_prescribed():
 def test_learned_flux_dissipates_every_channel():
     """With the source switched off, the closure's residual is -∫ ν_c |∇X_c|² ≤ 0 against X_c for
     every channel, however wild the network (a free flux could act as a negative viscosity)."""
-    sde = wild_sde()
+    sde = wild_sde(boundary_closure=False)
     closure = sde.closure
     with torch.no_grad():
         last = closure.net[-1]
@@ -93,7 +93,7 @@ def test_bounded_source_vanishes_at_rest_and_stays_within_its_bound():
     r"""However wild the network, the source is zero for the rest state, and the rate it gives a
     channel, :math:`M^{-1}R` (the L² projection of the source), has an L² norm of at most the
     bound times :math:`|\Omega|^{1/2}` (here 1): the closure alone cannot make a forecast blow up."""
-    sde = wild_sde()
+    sde = wild_sde(boundary_closure=False)
     closure = sde.closure
     with torch.no_grad():
         closure.diffusivity = 0.0                                   # the source alone
@@ -108,10 +108,35 @@ def test_bounded_source_vanishes_at_rest_and_stays_within_its_bound():
     assert torch.all(norms <= bound * (1 + 1e-9)) and norms.max() > 0.5 * bound.min()
 
 
+def test_boundary_sources_are_firedrakes_facet_integrals():
+    """Constant network outputs s^m give R_i = sum_m s^m ∫_{Γ_m} φ_i ds, per channel, as Firedrake
+    assembles it on each side of the square (P1: the lumped rule is exact for a constant); with
+    the bound, they vanish at rest, and a periodic mesh has no boundary to learn on."""
+    V = FunctionSpace(UnitSquareMesh(3, 5), "CG", 1)
+    sde = MultiscaleSDE(V, 1, bounded_source=False).double()
+    closure = sde.closure
+    values = torch.arange(1.0, 9.0, dtype=F64)                   # (marker, channel), 4 sides x 2
+    with torch.no_grad():
+        for net in (closure.net, closure.boundary_net):
+            net[-1].weight.zero_()
+            net[-1].bias.zero_()
+        closure.boundary_net[-1].bias.copy_(values)
+        closure.diffusivity = 0.0                                # the boundary terms alone
+    X = torch.randn(2, V.dim(), 2, dtype=F64, generator=torch.Generator().manual_seed(3))
+    v = TestFunction(V)
+    s = values.view(4, 2)
+    expected = sum(torch.tensor(assemble(v * ds(m)).dat.data_ro)[:, None] * s[m - 1] for m in (1, 2, 3, 4))
+    assert torch.allclose(closure(X), expected.expand(2, -1, -1), rtol=1e-12, atol=1e-14)
+    bounded = wild_sde()
+    assert bounded.closure(torch.zeros(1, bounded.n_nodes, 4, dtype=F64)).abs().max() < 1e-10
+    periodic = MultiscaleSDE(FunctionSpace(PeriodicUnitSquareMesh(3, 3), "CG", 1), 1)
+    assert periodic.closure.boundary_net is None
+
+
 def test_constant_diffusivity_is_firedrakes_stiffness_matrix():
     """A network with constant output ν gives R = -ν K X, K assembled by Firedrake."""
     V = FunctionSpace(UnitSquareMesh(3, 5), "CG", 2)
-    sde = MultiscaleSDE(V, 1).double()
+    sde = MultiscaleSDE(V, 1, boundary_closure=False).double()
     closure = sde.closure
     with torch.no_grad():
         closure.net[-1].weight.zero_()
@@ -127,7 +152,7 @@ def test_constant_diffusivity_is_firedrakes_stiffness_matrix():
 def test_constant_free_flux_is_firedrakes_divergence_form():
     """A free flux with constant output τ gives R_i = ∫ τ · ∇φ_i, as Firedrake assembles it."""
     V = FunctionSpace(UnitSquareMesh(3, 5), "CG", 2)
-    sde = MultiscaleSDE(V, 1, flux="free").double()
+    sde = MultiscaleSDE(V, 1, flux="free", boundary_closure=False).double()
     tau = torch.tensor([[0.3, -0.7], [1.1, 0.2]], dtype=F64)           # (gdim, channels)
     with torch.no_grad():
         sde.closure.net[-1].weight.zero_()
