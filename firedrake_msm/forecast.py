@@ -1,4 +1,4 @@
-r"""Ensemble forecasts of a trained model with torchsde, decoded to the fine and coarse meshes."""
+r"""Ensemble forecasts of a trained model (torchsde or IMEX), decoded to the fine and coarse meshes."""
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -9,7 +9,11 @@ import torchsde
 from firedrake import CheckpointFile, Function, VTKFile, assemble, interpolate
 from firedrake.ml.pytorch import from_torch
 
+from firedrake_msm.integrators import linearised_sdeint, multiscale_operator
 from firedrake_msm.metrics import crps
+
+# forecast()'s IMEX methods and their schemes in firedrake_msm.integrators.
+IMEX = {"imex": "ars222", "imex-euler": "euler"}
 
 
 @dataclass
@@ -77,8 +81,8 @@ def forecast(model, initial, times, *, samples=64, dt=None, seed=0, method="srk"
     r"""Integrate the learned SDE from the posterior at the first snapshot.
 
     :math:`z_0 \sim N(\mu(y_0), \mathrm{diag}\,v)` from the encoder, then
-    ``torchsde.sdeint`` (Itô, additive noise) with a seeded ``BrownianInterval``, so the same
-    ``seed`` gives the same ensemble.
+    ``torchsde.sdeint`` (Itô, additive noise) or an IMEX scheme, with a seeded
+    ``BrownianInterval``, so the same ``seed`` gives the same ensemble.
 
     Parameters
     ----------
@@ -92,12 +96,21 @@ def forecast(model, initial, times, *, samples=64, dt=None, seed=0, method="srk"
     samples : int
         Ensemble members per initial condition.
     dt : float, optional
-        Solver step (default: the output interval, or the problem's ``forecast_dt`` where shorter).
+        Solver step (default: the output interval; for torchsde's schemes, the problem's
+        ``forecast_dt`` where shorter, the step their stability or accuracy needs).
     method : str
         torchsde's scheme: ``"srk"`` (default; SRA1, strong order 1.5 for additive noise, three
         drift evaluations a step; its Runge-Kutta stages keep learned drifts with large imaginary
         eigenvalues stable, where Euler's stability region holds no part of the imaginary axis)
-        or ``"euler"`` (one evaluation).
+        or ``"euler"`` (one evaluation). For stiff drifts (small cells, fast damping), an IMEX
+        scheme of :mod:`firedrake_msm.integrators` with the stiff linear part implicit: the
+        coarse physics linearised at the mean initial state, and the auxiliary channels'
+        damping (:func:`~firedrake_msm.integrators.multiscale_operator`); the closure and the
+        noise are explicit. ``"imex"`` (ARS(2,2,2), weak order 2, strong order 1, two drift
+        evaluations a step) or ``"imex-euler"`` (semi-implicit Euler-Maruyama, order 1, one
+        evaluation). Both take the physics' Jacobian by autograd and factorise a dense
+        :math:`N_u \times N_u` matrix once per step size. A learned eddy diffusivity, explicit,
+        can still limit the step on the smallest cells (``benchmarks/bench_imex.py``).
     truth : array_like, optional
         ``(n, T, N_h)`` fine snapshots at ``times``: score the ensemble against them (CRPS) while
         it is decoded.
@@ -114,14 +127,19 @@ def forecast(model, initial, times, *, samples=64, dt=None, seed=0, method="srk"
     z0 = mean + torch.exp(0.5 * log_var[model.sde.channel]) * noise
     # Absolute times: the drift reads them for time-dependent boundary data.
     ts = torch.as_tensor(times, dtype=torch.float64).to(dtype=param.dtype, device=param.device)
-    dt = float(dt or min(times[1] - times[0], model.problem.forecast_dt or np.inf))
+    explicit_dt = np.inf if method in IMEX else model.problem.forecast_dt or np.inf
+    dt = float(dt or min(times[1] - times[0], explicit_dt))
     bm = torchsde.BrownianInterval(t0=float(ts[0]), t1=float(ts[-1]), size=z0.shape, dtype=param.dtype,
                                    device=param.device, entropy=seed,
                                    levy_area_approximation="space-time" if method == "srk" else "none")
-    # torchsde's shape check draws from the global generator: forked, a forecast (a validation
-    # during training, say) leaves the caller's random stream as it was.
-    with torch.random.fork_rng(devices=[param.device] if param.device.type == "cuda" else []):
-        z = torchsde.sdeint(model.sde, z0, ts, bm=bm, dt=dt, method=method)          # (T, n S, D)
+    if method in IMEX:
+        operator = multiscale_operator(model.sde, float(ts[0]), z0.mean(0))
+        z = linearised_sdeint(model.sde, z0, ts, bm, dt=dt, scheme=IMEX[method], operator=operator)
+    else:
+        # torchsde's shape check draws from the global generator: forked, a forecast (a
+        # validation during training, say) leaves the caller's random stream as it was.
+        with torch.random.fork_rng(devices=[param.device] if param.device.type == "cuda" else []):
+            z = torchsde.sdeint(model.sde, z0, ts, bm=bm, dt=dt, method=method)      # (T, n S, D)
     z = z.view(len(times), n, S, -1).permute(1, 2, 0, 3)
     # One time at a time: the whole decoded ensemble would not fit in memory on a fine mesh.
     means, spreads, scores, kept = [], [], [], []
