@@ -77,7 +77,7 @@ class NeuralWeakForm(nn.Module):
     :math:`\xi_q` the channels and their gradients at :math:`x_q`. The boundary sources are
     lumped at the nodes (the trapezoidal rule on the facets, for P1), functions of the channels'
     nodal values: one network gives :math:`s^m` for every marker :math:`m` of the mesh's
-    exterior facets. Two fluxes:
+    exterior facets, and it starts at zero. Two fluxes:
 
     - ``"dissipative"``: :math:`\tau_c = -\nu_c(\xi)\nabla X_c`, a learned eddy diffusivity
       :math:`\nu_c = \nu_0\,\mathrm{softplus}(\cdot) \ge 0`. It dissipates every channel's
@@ -154,6 +154,11 @@ class NeuralWeakForm(nn.Module):
             lumped = np.stack([assemble(TestFunction(V) * ds(int(m))).dat.data_ro for m in markers], axis=1)
             self.register_buffer("boundary_weights", torch.as_tensor(lumped), persistent=False)     # (N, m)
             self.boundary_net = mlp(channels, len(markers) * channels, width, depth)
+            # Zero until data moves it: a part of the boundary that the data never reach (an outlet
+            # the flow has not come to yet) keeps no source there, where a random network's slope
+            # at rest, on inputs scaled to order one, would grow a forecast from its noise.
+            nn.init.zeros_(self.boundary_net[-1].weight)
+            nn.init.zeros_(self.boundary_net[-1].bias)
             self.raw_boundary_bound = None
             if bounded:
                 initial = torch.full((len(markers), channels), inverse_softplus(10.0))
