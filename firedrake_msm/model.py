@@ -90,16 +90,20 @@ class NeuralWeakForm(nn.Module):
       or boundary layer is under-resolved, use the dissipative flux: a free one learns a
       negative viscosity there.
 
-    With ``bounded=True`` the source is :math:`s_c = b_c\tanh((\hat s_c(\xi) - \hat s_c(0)) / b_c)`
+    With ``bounded=True`` the source is :math:`s_c = b_c\tanh((\hat s_c(\xi) - \hat s_c(\xi_0)) / b_c)`
     with a learned bound :math:`b_c > 0` per channel (:meth:`MultiscaleSDE.calibrate` starts it
     at ten times the channel's scale per unit time). Trained only at posterior samples, an
     unbounded source can grow without limit off the data, and a forecast that leaves them then
     blows up; bounded, the rate it gives a channel (its :math:`L^2` projection) has an
     :math:`L^2` norm of at most :math:`b_c|\Omega|^{1/2}`, and with the dissipative flux nothing
-    in the closure can make a forecast blow up. It vanishes
-    at rest (:math:`\xi = 0`), where nothing is unresolved: a constant offset would otherwise
-    fill the quiet parts of the domain at the rate :math:`b_c`. The boundary sources are bounded
-    and vanish at rest the same way, with a bound per marker and channel.
+    in the closure can make a forecast blow up. It vanishes where the resolved field is locally
+    uniform and the auxiliary channels at rest, :math:`\xi_0 = (u, 0, 0, 0)`: nothing varies
+    below the grid there, so nothing is unresolved. A source free there would fill the quiet
+    parts of the domain, where the data hold it to nothing but its value at zero: a constant
+    offset at the rate :math:`b_c`, or a growth of the small values a forecast leaves behind a
+    front. The boundary sources are bounded the same way, with a bound per marker and channel,
+    and vanish at rest (:math:`X = 0`): at a wall, a uniform field still meets the boundary's
+    under-resolved flux.
 
     The tabulations :math:`E = [\phi_j(x_q)]` and :math:`D_k = [\partial_k\phi_j(x_q)]` are
     assembled once by Firedrake (interpolation into a quadrature space), the weights as
@@ -112,6 +116,8 @@ class NeuralWeakForm(nn.Module):
         A scalar space.
     channels : int
         :math:`c`.
+    resolved : int
+        How many of the channels come first as the resolved field (the rest are auxiliary).
     flux : str
         ``"dissipative"`` or ``"free"``.
     width, depth : int
@@ -126,8 +132,8 @@ class NeuralWeakForm(nn.Module):
         The quadrature degree (default: twice the element's).
     """
 
-    def __init__(self, V, channels, *, flux="dissipative", width=64, depth=2, diffusivity=1e-3, bounded=True,
-                 boundary=True, degree=None):
+    def __init__(self, V, channels, resolved, *, flux="dissipative", width=64, depth=2, diffusivity=1e-3,
+                 bounded=True, boundary=True, degree=None):
         super().__init__()
         if flux not in ("dissipative", "free"):
             raise ValueError(f"flux must be 'dissipative' or 'free', not {flux!r}")
@@ -144,7 +150,7 @@ class NeuralWeakForm(nn.Module):
         self.register_buffer("tables_t", to_torch_sparse(tables.T.tocsr()), persistent=False)
         self.register_buffer("weights", torch.as_tensor(np.tile(weights, 1 + self.gdim)), persistent=False)
         self.register_buffer("scale", torch.ones(channels * (1 + self.gdim)))
-        self.channels, self.flux, self.diffusivity = channels, flux, diffusivity
+        self.channels, self.resolved, self.flux, self.diffusivity = channels, resolved, flux, diffusivity
         outputs = (2 if flux == "dissipative" else 1 + self.gdim) * channels
         self.net = mlp(channels * (1 + self.gdim), outputs, width, depth)
         self.raw_bound = nn.Parameter(torch.full((channels,), inverse_softplus(10.0))) if bounded else None
@@ -177,7 +183,9 @@ class NeuralWeakForm(nn.Module):
         source = out[..., :C]                                                          # (B, Q, C)
         if self.raw_bound is not None:
             bound = softplus(self.raw_bound)
-            rest = self.net(torch.zeros_like(xi[:1, :1].flatten(-2)))[..., :C]
+            uniform = torch.zeros_like(xi)
+            uniform[:, :, 0, :self.resolved] = xi[:, :, 0, :self.resolved]
+            rest = self.net(uniform.flatten(-2) / self.scale)[..., :C]
             source = bound * torch.tanh((source - rest) / bound)
         if self.flux == "dissipative":
             flux = -self.diffusivity * softplus(out[..., C:])[:, :, None] * xi[:, :, 1:]  # (B, Q, d, C)
@@ -240,7 +248,7 @@ class MultiscaleSDE(nn.Module):
         self.size = self.n_u + self.n_nodes * n_latent
         channels = self.n_components + n_latent
         self.physics = physics
-        self.closure = NeuralWeakForm(Vs, channels, flux=flux, width=width, depth=depth,
+        self.closure = NeuralWeakForm(Vs, channels, self.n_components, flux=flux, width=width, depth=depth,
                                       bounded=bounded_source, boundary=boundary_closure)
         self.mass = MassOperator(Vs)
         lumped = MassOperator(Vs, "lumped").diag.numpy()       # HRZ: positive for any degree

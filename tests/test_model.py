@@ -90,9 +90,9 @@ def test_learned_flux_dissipates_every_channel():
 
 
 def test_bounded_source_vanishes_at_rest_and_stays_within_its_bound():
-    r"""However wild the network, the source is zero for the rest state, and the rate it gives a
-    channel, :math:`M^{-1}R` (the L² projection of the source), has an L² norm of at most the
-    bound times :math:`|\Omega|^{1/2}` (here 1): the closure alone cannot make a forecast blow up."""
+    r"""However wild the network, the source is zero where u is uniform and h at rest, and the rate
+    it gives a channel, :math:`M^{-1}R` (the L² projection of the source), has an L² norm of at
+    most the bound times :math:`|\Omega|^{1/2}` (here 1): the closure alone cannot make a forecast blow up."""
     sde = wild_sde(boundary_closure=False)
     closure = sde.closure
     with torch.no_grad():
@@ -100,6 +100,9 @@ def test_bounded_source_vanishes_at_rest_and_stays_within_its_bound():
     bound = softplus(closure.raw_bound)
     zero = torch.zeros(2, sde.n_nodes, closure.channels, dtype=F64)
     assert closure(zero).abs().max() < 1e-10 * bound.max()              # zero but for round-off
+    uniform = zero.clone()
+    uniform[..., 0] = torch.tensor([[-3.0], [7.0]], dtype=F64)          # u uniform, h at rest
+    assert closure(uniform).abs().max() < 1e-10 * bound.max()
     X = 10 * torch.randn(8, sde.n_nodes, closure.channels, dtype=F64,
                          generator=torch.Generator().manual_seed(4))
     R = closure(X)
