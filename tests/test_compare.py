@@ -51,7 +51,8 @@ def test_the_reference_protocols_are_their_configuration_files():
     kdv, burgers, cylinder, pulse = map(Protocol.load, ("kdv", "burgers2d", "cylinder", "pulse"))
     assert burgers.dns == {"resolution": 64} and kdv.dns == {}
     assert kdv.model == {"n_latent": 5, "flux": "free", "bounded_source": False}
-    assert burgers.model == {"n_latent": 5, "bounded_source": False}
+    assert burgers.model == {"n_latent": 5, "bounded_source": False, "boundary_closure": False}
+    assert not cylinder.model_config(5).boundary_closure
     assert (kdv.train.noise_std, burgers.train.noise_std, cylinder.train.noise_std) == (0.01, 0.001, 0.001)
     assert (burgers.train.batch_size, burgers.train.residual_times) == (8, 32)
     assert (cylinder.train.batch_size, cylinder.train.residual_times) == (2, 8)
