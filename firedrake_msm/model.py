@@ -96,14 +96,16 @@ class NeuralWeakForm(nn.Module):
     unbounded source can grow without limit off the data, and a forecast that leaves them then
     blows up; bounded, the rate it gives a channel (its :math:`L^2` projection) has an
     :math:`L^2` norm of at most :math:`b_c|\Omega|^{1/2}`, and with the dissipative flux nothing
-    in the closure can make a forecast blow up. It vanishes where the resolved field is locally
-    uniform and the auxiliary channels at rest, :math:`\xi_0 = (u, 0, 0, 0)`: nothing varies
-    below the grid there, so nothing is unresolved. A source free there would fill the quiet
-    parts of the domain, where the data hold it to nothing but its value at zero: a constant
-    offset at the rate :math:`b_c`, or a growth of the small values a forecast leaves behind a
-    front. The boundary sources are bounded the same way, with a bound per marker and channel,
-    and vanish at rest (:math:`X = 0`): at a wall, a uniform field still meets the boundary's
-    under-resolved flux.
+    in the closure can make a forecast blow up. As a correction of a physics prior
+    (``uniform=True``) it vanishes where the resolved field is locally uniform and the auxiliary
+    channels at rest, :math:`\xi_0 = (u, 0, 0, 0)`: nothing varies below the grid there, so
+    nothing is unresolved. A source free there would fill the quiet parts of the domain, where
+    the data hold it to nothing but its value at zero: a constant offset at the rate
+    :math:`b_c`, or a growth of the small values a forecast leaves behind a front. As the whole
+    drift (``uniform=False``: no physics prior) it must act on uniform fields too, and vanishes
+    only at rest, :math:`\xi_0 = 0`. The boundary sources are bounded the same way, with a bound
+    per marker and channel, and vanish at rest (:math:`X = 0`): at a wall, a uniform field still
+    meets the boundary's under-resolved flux.
 
     The tabulations :math:`E = [\phi_j(x_q)]` and :math:`D_k = [\partial_k\phi_j(x_q)]` are
     assembled once by Firedrake (interpolation into a quadrature space), the weights as
@@ -126,6 +128,8 @@ class NeuralWeakForm(nn.Module):
         :math:`\nu_0`, in units of length² per time (dissipative flux).
     bounded : bool
         Bound the sources (see above).
+    uniform : bool
+        The bounded source vanishes on locally uniform fields (see above), not only at rest.
     boundary : bool
         Learn the boundary sources (where the mesh has exterior facets).
     degree : int, optional
@@ -133,7 +137,7 @@ class NeuralWeakForm(nn.Module):
     """
 
     def __init__(self, V, channels, resolved, *, flux="dissipative", width=64, depth=2, diffusivity=1e-3,
-                 bounded=True, boundary=True, degree=None):
+                 bounded=True, uniform=True, boundary=True, degree=None):
         super().__init__()
         if flux not in ("dissipative", "free"):
             raise ValueError(f"flux must be 'dissipative' or 'free', not {flux!r}")
@@ -150,7 +154,8 @@ class NeuralWeakForm(nn.Module):
         self.register_buffer("tables_t", to_torch_sparse(tables.T.tocsr()), persistent=False)
         self.register_buffer("weights", torch.as_tensor(np.tile(weights, 1 + self.gdim)), persistent=False)
         self.register_buffer("scale", torch.ones(channels * (1 + self.gdim)))
-        self.channels, self.resolved, self.flux, self.diffusivity = channels, resolved, flux, diffusivity
+        self.channels, self.flux, self.diffusivity = channels, flux, diffusivity
+        self.resolved = resolved if uniform else 0
         outputs = (2 if flux == "dissipative" else 1 + self.gdim) * channels
         self.net = mlp(channels * (1 + self.gdim), outputs, width, depth)
         self.raw_bound = nn.Parameter(torch.full((channels,), inverse_softplus(10.0))) if bounded else None
@@ -249,7 +254,8 @@ class MultiscaleSDE(nn.Module):
         channels = self.n_components + n_latent
         self.physics = physics
         self.closure = NeuralWeakForm(Vs, channels, self.n_components, flux=flux, width=width, depth=depth,
-                                      bounded=bounded_source, boundary=boundary_closure)
+                                      bounded=bounded_source, uniform=physics is not None,
+                                      boundary=boundary_closure)
         self.mass = MassOperator(Vs)
         lumped = MassOperator(Vs, "lumped").diag.numpy()       # HRZ: positive for any degree
         spread = np.sqrt(lumped.mean() / lumped)

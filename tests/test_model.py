@@ -9,7 +9,7 @@ from torch.nn.functional import softplus
 from firedrake_msm.bridge import PhysicsDrift
 from firedrake_msm.bridge.mass import bc_dofs
 from firedrake_msm.decoder import Decoder
-from firedrake_msm.model import MultiscaleSDE
+from firedrake_msm.model import MultiscaleSDE, NeuralWeakForm
 from firedrake_msm.transfer import Transfer
 
 F64 = torch.float64
@@ -90,9 +90,10 @@ def test_learned_flux_dissipates_every_channel():
 
 
 def test_bounded_source_vanishes_at_rest_and_stays_within_its_bound():
-    r"""However wild the network, the source is zero where u is uniform and h at rest, and the rate
-    it gives a channel, :math:`M^{-1}R` (the L² projection of the source), has an L² norm of at
-    most the bound times :math:`|\Omega|^{1/2}` (here 1): the closure alone cannot make a forecast blow up."""
+    r"""However wild the network, the source is zero at rest (and, correcting a physics prior,
+    where u is uniform and h at rest), and the rate it gives a channel, :math:`M^{-1}R` (the L²
+    projection of the source), has an L² norm of at most the bound times :math:`|\Omega|^{1/2}`
+    (here 1): the closure alone cannot make a forecast blow up."""
     sde = wild_sde(boundary_closure=False)
     closure = sde.closure
     with torch.no_grad():
@@ -100,9 +101,17 @@ def test_bounded_source_vanishes_at_rest_and_stays_within_its_bound():
     bound = softplus(closure.raw_bound)
     zero = torch.zeros(2, sde.n_nodes, closure.channels, dtype=F64)
     assert closure(zero).abs().max() < 1e-10 * bound.max()              # zero but for round-off
+    # As a correction of a physics prior, it vanishes where u is uniform and h at rest.
+    torch.manual_seed(0)
+    correction = NeuralWeakForm(FunctionSpace(UnitSquareMesh(4, 4), "CG", 1), 4, 1, boundary=False).double()
+    with torch.no_grad():
+        for p in correction.net.parameters():
+            p.mul_(100.0)
     uniform = zero.clone()
-    uniform[..., 0] = torch.tensor([[-3.0], [7.0]], dtype=F64)          # u uniform, h at rest
-    assert closure(uniform).abs().max() < 1e-10 * bound.max()
+    uniform[..., 0] = torch.tensor([[-3.0], [7.0]], dtype=F64)
+    assert correction(uniform).abs().max() < 1e-10 * softplus(correction.raw_bound).max()
+    uniform[..., 1] = 1.0
+    assert correction(uniform).abs().max() > 0.1
     X = 10 * torch.randn(8, sde.n_nodes, closure.channels, dtype=F64,
                          generator=torch.Generator().manual_seed(4))
     R = closure(X)
