@@ -97,10 +97,19 @@ def smagorinsky(problem, u, v, C_s=0.17, *, delta=None, stress=False):
         :math:`\nu_t` to the viscosity as the problems write it, :math:`\nu(\nabla u, \nabla v)`;
         the two differ by :math:`\nabla\nu_t \cdot (\nabla u)^T` for a divergence-free field.
     """
+    return with_eddy_viscosity(problem, u, v, lambda u_o: smagorinsky_viscosity(u_o, C_s, delta),
+                               stress=stress)
+
+
+def with_eddy_viscosity(problem, u, v, viscosity, *, stress=False):
+    r"""The problem's residual plus an eddy-viscosity term on the observed component of ``u``,
+    :math:`F(u; v) + \int \nu_t(u_o)\, \nabla u_o : \nabla v_o \,dx` (with ``stress``,
+    :math:`2 S(u_o)` in place of :math:`\nabla u_o`), for any ``viscosity(u_o)`` giving
+    :math:`\nu_t` as a UFL expression: the one form every LES closure adds."""
     i = observed_index(problem, u)
     u_o, v_o = (u, v) if i is None else (split(u)[i], split(v)[i])
     flux = 2 * sym(grad(u_o)) if stress and u_o.ufl_shape != () else grad(u_o)
-    return problem.residual(u, v) + smagorinsky_viscosity(u_o, C_s, delta) * inner(flux, grad(v_o)) * dx
+    return problem.residual(u, v) + viscosity(u_o) * inner(flux, grad(v_o)) * dx
 
 
 class CoarseForecast(NamedTuple):

@@ -37,7 +37,8 @@ class Result:
     """One method on the test trajectories: ``errors`` and ``errors_fe`` ``(n, T)`` (dof-vector
     and FE :math:`L^2` norms), ``crps`` and ``spread_skill`` ``(n, T)`` (ensembles only), cost
     per simulated time unit, the fine-mesh mean (and spread) of every test trajectory,
-    ``(n, T, N_h)``, and the time at which the forecast blew up, if it did."""
+    ``(n, T, N_h)``, and the first time at which the forecast holds a non-finite value (None
+    where it never does)."""
     errors: np.ndarray
     errors_fe: np.ndarray
     seconds_per_unit_time: float

@@ -38,8 +38,8 @@ gives the Itô correction :math:`\tfrac14 h^2\,\Sigma\Sigma^T : f''` its weight,
 (the path's conditional mean there) it would be :math:`\gamma h^2/4`, and the scheme weakly
 first order on nonlinear drifts.
 
-Orders, measured in ``tests/test_integrators.py`` on a stiff non-diagonal Ornstein-Uhlenbeck
-process whose stiff part is implicit and whose coupling is explicit:
+The schemes' orders (``tests/test_integrators.py`` checks them on a stiff non-diagonal
+Ornstein-Uhlenbeck process whose stiff part is implicit and whose coupling is explicit):
 
 =========== ====== ==== ==================================================================
 scheme      strong weak per step

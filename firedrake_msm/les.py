@@ -20,10 +20,10 @@ import numpy as np
 from firedrake import (Constant, Function, FunctionSpace, Identity, LinearVariationalProblem,
                        LinearVariationalSolver, TensorFunctionSpace, TestFunction, TrialFunction,
                        VectorFunctionSpace, as_matrix, as_vector, assemble, dot, dx, grad, inner, outer,
-                       split, sym, tr)
+                       sym, tr)
 from ufl.domain import extract_unique_domain
 
-from firedrake_msm.baselines import EPSILON, observed_index, smagorinsky_viscosity, strain_magnitude
+from firedrake_msm.baselines import EPSILON, smagorinsky_viscosity, strain_magnitude, with_eddy_viscosity
 from firedrake_msm.transfer import cell_width, scalar_space
 
 #: WALE's constant :math:`C_w`: 0.5, Nicoud & Ducros' (1999) value for decaying isotropic
@@ -128,9 +128,7 @@ def wale(problem, u, v, C_w=C_W, *, delta=None):
     delta : ufl.core.expr.Expr, optional
         See :func:`wale_viscosity`.
     """
-    i = observed_index(problem, u)
-    u_o, v_o = (u, v) if i is None else (split(u)[i], split(v)[i])
-    return problem.residual(u, v) + wale_viscosity(u_o, C_w, delta) * inner(grad(u_o), grad(v_o)) * dx
+    return with_eddy_viscosity(problem, u, v, lambda u_o: wale_viscosity(u_o, C_w, delta))
 
 
 class HelmholtzFilter:
