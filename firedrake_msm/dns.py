@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from firedrake_msm.problems import resolve
 from firedrake_msm.recorder import Recorder
-from firedrake_msm.stepping import time_stepper
+from firedrake_msm.stepping import restart, time_stepper
 
 
 def simulate(problem, path, *, trajectories, seed=0, resolution=None, dt=None, t_end=None, spin_up=None,
@@ -111,7 +111,7 @@ def _run(problem, path, draws, *, seed, resolution, dt, steps, first, resume, co
             problem.set_initial_state(state, parameters)
             # Every trajectory's first Newton iteration starts from the same guess, so that none
             # depends on the one before: a resumed or shared-out run writes the same bits.
-            stepper.stages.assign(0.0)
+            restart(stepper)
             for step in range(steps + 1):
                 if step:
                     stepper.advance()

@@ -39,6 +39,13 @@ def time_stepper(problem, state, t, dt, *, residual=None, solver_parameters=None
                                           else solver_parameters))
 
 
+def restart(stepper):
+    """Zero the unknowns that ``stepper``'s next solve starts from (otherwise the last step's
+    stages), so that no step depends on the one before it: all the stages of a fully implicit
+    Runge-Kutta method, or the one stage that a DIRK or explicit method solves for at a time."""
+    (stepper.stages if hasattr(stepper, "stages") else stepper.kgac[0]).assign(0.0)
+
+
 class Gather:
     """The global vector of a Function on rank 0 (None elsewhere), in PETSc's global order."""
 

@@ -7,6 +7,7 @@ from firedrake_msm.problems.cylinder import Cylinder
 from firedrake_msm.problems.kdv import KdV
 from firedrake_msm.problems.lookup import ProblemNotFound, reference, resolve
 from firedrake_msm.problems.pulse import AdvectedPulse
+from firedrake_msm.problems.shallow_water import ShallowWater
 
-__all__ = ["AdvectedPulse", "Burgers2D", "Cylinder", "KdV", "Problem", "ProblemNotFound", "reference",
-           "resolve"]
+__all__ = ["AdvectedPulse", "Burgers2D", "Cylinder", "KdV", "Problem", "ProblemNotFound", "ShallowWater",
+           "reference", "resolve"]
