@@ -57,6 +57,8 @@ def main(argv=None):
     forecast.add_argument("--samples", type=int, default=64)
     forecast.add_argument("--seed", type=int, default=0)
     forecast.add_argument("--vtk", type=Path, help="write the first test trajectory's forecast here (.pvd)")
+    forecast.add_argument("--coarse", help="forecast on another coarse mesh of the domain: a resolution or "
+                          "a Gmsh file (default: the one the model was trained on)")
     compare = commands.add_parser("compare", help="coarse DNS, Smagorinsky LES and the learned models "
                                   "side by side, into results/<name>/")
     compare.add_argument("protocol", help="a reference case (pulse, kdv, burgers2d, cylinder), a protocol "
@@ -134,6 +136,11 @@ def _forecast(parser, args):
     from firedrake_msm.metrics import relative_l2, summary
     from firedrake_msm.model import MultiscaleModel
     model = MultiscaleModel.load(args.checkpoint)
+    if args.coarse:
+        try:
+            model = model.on_mesh(int(args.coarse) if args.coarse.isdigit() else args.coarse)
+        except (FileNotFoundError, ValueError) as error:
+            parser.error(str(error))
     dataset = args.dataset or Path(model.metadata.get("dataset", ""))
     if not dataset.is_file():
         parser.error(f"the checkpoint's training data {dataset} is gone: give the data to forecast with "

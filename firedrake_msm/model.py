@@ -48,6 +48,7 @@ import scipy.sparse as sp
 import torch
 from firedrake import (COMM_SELF, Function, FunctionSpace, TestFunction, TrialFunction, assemble,
                        ds, dx, interpolate)
+from firedrake.mesh import MeshGeometry
 from finat.ufl import FiniteElement
 from torch import nn
 from torch.nn.functional import softplus
@@ -498,17 +499,56 @@ class MultiscaleModel(nn.Module):
             name, options = dataset_problem(dataset)
             config = replace(config, problem=name, problem_options=options)
         problem = resolve(config.problem, config.problem_options)
-        if mesh is None:
-            coarse = problem.coarse if config.coarse is None else config.coarse
-            if isinstance(coarse, (str, Path)) and Path(coarse).suffix in (".msh", ".geo"):
-                mesh = load_mesh(coarse, comm=COMM_SELF)[0]
-            else:
-                mesh = problem.mesh(coarse, comm=COMM_SELF)
-        elif mesh.comm.size != 1:
-            raise ValueError(f"the coarse mesh is distributed over {mesh.comm.size} processes: load it with "
-                             "comm=COMM_SELF (every process holds the whole coarse mesh)")
+        mesh = _coarse_mesh(problem, config.coarse if mesh is None else mesh)
         images = {"fine": dataset_image(dataset), "coarse": mesh_image(mesh), "coarse_name": mesh.name}
         return cls(replace(config, problem=problem, problem_options={}), images)
+
+    def on_mesh(self, mesh):
+        r"""The same learned model on another coarse mesh of the same domain.
+
+        Every learned function is one of the local fields and their gradients at quadrature
+        points (:class:`NeuralWeakForm`), or of offsets scaled by the local cell
+        (:class:`~firedrake_msm.networks.StencilField`), so the parameters carry over to any
+        mesh: the physics prior, the transfer and the tabulations are rebuilt on ``mesh``, for
+        the same fine data. What the closure learned is a function of the fields at the training
+        mesh's resolution: on a finer mesh, less of the field is unresolved than the closure
+        was taught to put back.
+
+        Parameters
+        ----------
+        mesh : firedrake.MeshGeometry, int, str or pathlib.Path
+            The new coarse mesh (on one process), a resolution of the problem's
+            :meth:`~firedrake_msm.problems.Problem.mesh`, or a Gmsh ``.msh``/``.geo`` file.
+
+        Returns
+        -------
+        MultiscaleModel
+            In the same mode, dtype and device, with this model's :attr:`metadata`.
+
+        Raises
+        ------
+        ValueError
+            Where a parameter belongs to this mesh: a local decoder's weights (one per stencil
+            entry), or boundary sources for other boundary markers than ``mesh`` has.
+        """
+        if self.config.local_decoder:
+            raise ValueError("a local decoder's weights belong to the training meshes' stencil (one per "
+                             "entry): only a model with local_decoder=False moves to another mesh")
+        # What the config records of the new mesh: the resolution or file, else the mesh's name.
+        coarse = mesh.name if isinstance(mesh, MeshGeometry) else mesh
+        mesh = _coarse_mesh(self.problem, mesh)
+        images = {**self.images, "coarse": mesh_image(mesh), "coarse_name": mesh.name}
+        parameter = next(self.parameters())
+        moved = type(self)(replace(self.config, coarse=coarse), images)
+        moved = moved.to(dtype=parameter.dtype, device=parameter.device)
+        theirs = moved.state_dict()
+        mismatched = [k for k, v in self.state_dict().items() if theirs[k].shape != v.shape]
+        if mismatched:
+            raise ValueError(f"{', '.join(mismatched)} differ in shape on {mesh.name!r}: the two meshes' "
+                             "boundaries are marked differently (the boundary sources are per marker)")
+        moved.load_state_dict(self.state_dict())
+        moved.metadata = getattr(self, "metadata", {})
+        return moved.train(self.training)
 
     def save(self, path, **contents):
         """Write the model to ``path`` (atomically), with more ``contents`` (tensors, numbers,
@@ -565,3 +605,17 @@ class MultiscaleModel(nn.Module):
     def decode(self, z):
         """PoE mean ``(..., N_h)`` and variance of the fine field at states ``z`` ``(..., D)``."""
         return self.decoder(z[..., :self.sde.n_u], self.sde.channels(z))
+
+
+def _coarse_mesh(problem, coarse):
+    """The coarse mesh that ``coarse`` names, on one process: a mesh, a resolution of the
+    problem's (None: its default) or a Gmsh file."""
+    if isinstance(coarse, MeshGeometry):
+        if coarse.comm.size != 1:
+            raise ValueError(f"the coarse mesh is distributed over {coarse.comm.size} processes: load it "
+                             "with comm=COMM_SELF (every process holds the whole coarse mesh)")
+        return coarse
+    coarse = problem.coarse if coarse is None else coarse
+    if isinstance(coarse, (str, Path)) and Path(coarse).suffix in (".msh", ".geo"):
+        return load_mesh(coarse, comm=COMM_SELF)[0]
+    return problem.mesh(coarse, comm=COMM_SELF)
