@@ -4,11 +4,12 @@ import h5py
 import numpy as np
 import pytest
 import torch
-from firedrake import Constant, Function, SpatialCoordinate, TestFunction, VectorFunctionSpace, assemble, dx
+from firedrake import (Constant, Function, FunctionSpace, SpatialCoordinate, TestFunction,
+                       VectorFunctionSpace, assemble, dx)
 from scipy.optimize import brentq
 
 from conftest import assembled, max_relative_error
-from firedrake_msm.bridge import PhysicsDrift, ResidualOperator
+from firedrake_msm.bridge import MassOperator, PhysicsDrift, ResidualOperator
 from firedrake_msm.dns import simulate
 from firedrake_msm.problems import ShallowWater, resolve
 from firedrake_msm.stepping import time_stepper
@@ -133,3 +134,13 @@ def test_coarse_residual_through_the_bridge():
         mass = assemble(TestFunction(V)[0] * dx).dat.data_ro[0, 0]         # every cell's area
         expected = -assembled(F, u, U) / mass
         assert max_relative_error(drift(0.0, U).numpy(), expected) < 1e-13
+
+
+def test_lumped_mass_on_squares():
+    """The HRZ lumped mass (the diagonal, scaled to the cell's mass) that scales the model's
+    noise, on the squares' tensor-product quadrature: a DG0 cell's is its area, and DQ1's four
+    nodes share it equally."""
+    mesh = ShallowWater().mesh(8)
+    for degree, share in ((0, 1.0), (1, 0.25)):
+        diag = MassOperator(FunctionSpace(mesh, "DG", degree), "lumped").diag.numpy()
+        assert np.allclose(diag, share * (5 / 8) ** 2, rtol=1e-13, atol=0)

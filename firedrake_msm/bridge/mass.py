@@ -1,4 +1,6 @@
 """The mass matrix of a space: batched action and inverse action."""
+from functools import reduce
+
 import numpy as np
 import scipy.sparse as sp
 import torch
@@ -176,8 +178,16 @@ def _hrz_factor(element):
     rule = make_quadrature(element.get_reference_element(), 2 * element.degree() + 2)
     points = np.asarray(rule.point_set.points, dtype=float)
     (values,) = tabulate(element, points, [None])
-    weights = np.asarray(rule.weights)
+    weights = _weights(rule)
     return float((weights[:, None] * values**2).sum() / weights.sum())
+
+
+def _weights(rule):
+    """A FInAT quadrature rule's weights in the order of its points: a tensor-product rule's
+    (quadrilaterals, hexahedra) are the products of its factors' weights."""
+    if hasattr(rule, "factors"):
+        return reduce(np.multiply.outer, [_weights(factor) for factor in rule.factors]).ravel()
+    return np.asarray(rule.weights)
 
 
 def to_torch_sparse(M):
