@@ -9,6 +9,8 @@ from firedrake import Function, SpatialCoordinate, VectorFunctionSpace  # noqa: 
 from firedrake_msm.metrics import energy_spectrum  # noqa: E402
 
 LABELS = {"coarse_dns": "coarse DNS", "smagorinsky": "Smagorinsky LES",
+          "smagorinsky_tuned": "Smagorinsky LES, tuned C_s", "dynamic_smagorinsky": "dynamic Smagorinsky",
+          "wale": "WALE", "dmd": "DMD", "pod_sindy": "POD-SINDy",
           "implicit_scale": "implicit-scale (n=0)", "multiscale": "multiscale"}
 
 
@@ -77,8 +79,12 @@ def _snapshots_2d(path, V, times, truth, results, trajectory=0):
     import torch
     fields = {"truth": truth[trajectory, -1],
               **{LABELS[name]: r.mean[trajectory, -1] for name, r in results.items()}}
-    fig, axes = plt.subplots(1, len(fields), figsize=(4 * len(fields), 3.6))
-    for ax, (name, values) in zip(axes, fields.items()):
+    columns = min(len(fields), 5)
+    rows = -(-len(fields) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(4 * columns, 3.6 * rows), squeeze=False)
+    for ax in axes.flat[len(fields):]:
+        ax.set_axis_off()
+    for ax, (name, values) in zip(axes.flat, fields.items()):
         ax.set_title(name)
         if not np.isfinite(values).all():
             ax.text(0.5, 0.5, "blew up", ha="center", va="center", transform=ax.transAxes)

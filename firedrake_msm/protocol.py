@@ -5,18 +5,31 @@ one to make your own) or a :class:`Protocol` built in Python. Its tables add to 
 :func:`~firedrake_msm.dns.simulate` (``[dns]``), :class:`~firedrake_msm.model.ModelConfig`
 (``[model]``, whose ``n_latent`` is the multiscale model's) and
 :class:`~firedrake_msm.train.TrainConfig` (``[train]``); ``[forecast]`` sets the ensemble size
-and the Smagorinsky constant, ``[reference]`` holds published errors to print beside ours, and
-``[fast]`` the seconds-long sizes that tests run.
+and the Smagorinsky constant, ``[baselines]`` which baselines run (``methods``, a list of
+:data:`BASELINES`; default: every one that applies) and the data-driven ones' settings (``dmd``
+and ``pod_sindy``, keywords of :func:`~firedrake_msm.reduced.fit_dmd` and
+:func:`~firedrake_msm.reduced.fit_pod_sindy`), ``[reference]`` holds published errors to print
+beside ours, and ``[fast]`` the seconds-long sizes that tests run.
 """
+import inspect
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from importlib.resources import files
 from pathlib import Path
 
 from firedrake_msm.model import ModelConfig
+from firedrake_msm.reduced import fit_dmd, fit_pod_sindy
 from firedrake_msm.train import TrainConfig
 
 CONFIGS = files("firedrake_msm") / "configs"
+
+#: The baselines a comparison can run (:func:`~firedrake_msm.compare.compare`): the coarse DNS;
+#: the LES closures of :class:`~firedrake_msm.baselines.CoarseSolver` (Smagorinsky with the
+#: protocol's constant and with one tuned on the validation trajectories, the dynamic Smagorinsky
+#: model, WALE), each where it can act on the observed field; DMD and POD-SINDy
+#: (:mod:`firedrake_msm.reduced`).
+BASELINES = ("coarse_dns", "smagorinsky", "smagorinsky_tuned", "dynamic_smagorinsky", "wale", "dmd",
+             "pod_sindy")
 
 
 @dataclass
@@ -41,6 +54,11 @@ class Protocol:
         Ensemble members of the learned models' forecasts.
     C_s : float
         The Smagorinsky baseline's constant.
+    baselines : sequence of str, optional
+        The baselines to run, of :data:`BASELINES` (default: every one that applies to the problem).
+    dmd, pod_sindy : dict
+        Keywords of :func:`~firedrake_msm.reduced.fit_dmd` and
+        :func:`~firedrake_msm.reduced.fit_pod_sindy`.
     reference : dict
         Method name to a published relative L2 error, shown beside ours.
     test_sizes : dict
@@ -56,6 +74,9 @@ class Protocol:
     train: TrainConfig = field(default_factory=TrainConfig)
     samples: int = 64
     C_s: float = 0.17
+    baselines: tuple = None
+    dmd: dict = field(default_factory=dict)
+    pod_sindy: dict = field(default_factory=dict)
     reference: dict = field(default_factory=dict)
     test_sizes: dict = field(default_factory=dict)
 
@@ -67,6 +88,18 @@ class Protocol:
                              f"ModelConfig takes {sorted(known)}")
         if self.samples < 1:
             raise ValueError(f"protocol {self.name!r}: samples must be at least 1, not {self.samples}")
+        if self.baselines is not None:
+            self.baselines = tuple(self.baselines)
+            unknown = set(self.baselines) - set(BASELINES)
+            if unknown:
+                raise ValueError(f"protocol {self.name!r}: unknown baselines {sorted(unknown)}; there are "
+                                 f"{list(BASELINES)}")
+        for name, fit in (("dmd", fit_dmd), ("pod_sindy", fit_pod_sindy)):
+            known = {p.name for p in inspect.signature(fit).parameters.values() if p.kind == p.KEYWORD_ONLY}
+            unknown = set(getattr(self, name)) - known
+            if unknown:
+                raise ValueError(f"protocol {self.name!r}: unknown {name} settings {sorted(unknown)}; "
+                                 f"{fit.__name__} takes {sorted(known)}")
 
     @classmethod
     def load(cls, spec):
@@ -93,8 +126,8 @@ class Protocol:
             table = tomllib.loads(text)
         except tomllib.TOMLDecodeError as error:
             raise ValueError(f"{source} is not valid TOML: {error}") from None
-        allowed = {"problem", "problem_options", "dataset", "dns", "model", "train", "forecast", "reference",
-                   "fast"}
+        allowed = {"problem", "problem_options", "dataset", "dns", "model", "train", "forecast", "baselines",
+                   "reference", "fast"}
         unknown = set(table) - allowed
         if unknown or "problem" not in table:
             raise ValueError(f"{source}: a protocol names its problem and has only the keys {sorted(allowed)}"
@@ -114,9 +147,14 @@ class Protocol:
         unknown = set(forecast) - {"samples", "C_s"}
         if unknown:
             raise ValueError(f"{source}: [forecast] takes samples and C_s, not {sorted(unknown)}")
+        baselines = table.get("baselines", {})
+        unknown = set(baselines) - {"methods", "dmd", "pod_sindy"}
+        if unknown:
+            raise ValueError(f"{source}: [baselines] takes methods, dmd and pod_sindy, not {sorted(unknown)}")
         return cls(name=name, problem=problem, problem_options=table.get("problem_options", {}),
                    dataset=dataset, dns=table.get("dns", {}), model={"n_latent": 5, **table.get("model", {})},
-                   train=train,
+                   train=train, baselines=baselines.get("methods"), dmd=baselines.get("dmd", {}),
+                   pod_sindy=baselines.get("pod_sindy", {}),
                    reference=table.get("reference", {}), test_sizes=table.get("fast", {}), **forecast)
 
     def model_config(self, n_latent):

@@ -4,9 +4,11 @@ import json
 import numpy as np
 import pytest
 
+from firedrake import FunctionSpace, PeriodicIntervalMesh, UnitSquareMesh, VectorFunctionSpace
+
 from firedrake_msm.cli import main
-from firedrake_msm.compare import METHODS, break_even
-from firedrake_msm.protocol import Protocol
+from firedrake_msm.compare import METHODS, baseline_applies, break_even, tune_constant
+from firedrake_msm.protocol import BASELINES, Protocol
 
 
 @pytest.mark.parametrize("case", ["kdv"])
@@ -15,15 +17,27 @@ def test_compare_writes_tables_plots_and_vtk(tmp_path, monkeypatch, capsys, case
     assert main(["compare", case, "--fast"]) == 0
     out = tmp_path / "results" / "fast" / case
     summary = json.loads((out / "summary.json").read_text())
-    assert set(summary["methods"]) == set(METHODS)
+    assert list(summary["methods"]) == list(METHODS)        # every baseline applies to KdV's u
     for name, method in summary["methods"].items():
-        assert 0 < method["rel_l2_mean"] < 2 and method["seconds_per_unit_time"] > 0
+        # Only a data-driven baseline may leave the data's range at these sizes; none of these may.
+        if name not in ("dmd", "pod_sindy"):
+            assert method["diverged_at"] is None
+        if method["diverged_at"] is None:
+            assert 0 < method["rel_l2_mean"] < 2 and np.isfinite(method["rel_l2_fe_mean"])
+        assert method["seconds_per_unit_time"] > 0
         learned = name in ("implicit_scale", "multiscale")
         assert (method["crps"] is None) == (method["spread_skill"] is None) == (not learned)
         assert learned == (method["training_seconds"] is not None)
         if learned and method["break_even_forecasts"] is not None:
             assert method["break_even_forecasts"] > 0
     assert summary["methods"]["multiscale"]["reference_rel_l2"] == 0.042
+    assert summary["methods"]["dmd"]["reference_rel_l2"] == 0.163
+    settings = {name: method["settings"] for name, method in summary["methods"].items()}
+    assert settings["smagorinsky"] == {"C_s": 0.17} and settings["wale"] == {"C_w": 0.5}
+    tuned = settings["smagorinsky_tuned"]
+    assert 0 <= tuned["C_s"] <= 0.4 and np.isfinite(tuned["validation_rel_l2"]) and tuned["evaluations"] > 9
+    assert 1 <= settings["dmd"]["rank"] <= 20 and 1 <= settings["pod_sindy"]["rank"] <= 10
+    assert f"C_s {tuned['C_s']:.4g}" in (out / "table.md").read_text()
     assert summary["fine_dns"]["seconds_per_unit_time"] > 0
     assert summary["fine"] == {"resolution": 100, "trajectories": 4, "dt": 0.01, "dofs": 100,
                                "coarse_dofs": 20}
@@ -80,3 +94,50 @@ def test_break_even():
     DNS's 10: 3600 / 90 = 40 forecasts; never where a forecast costs at least the fine DNS."""
     assert break_even(3600.0, 1.0, 10.0, 10.0) == pytest.approx(40.0)
     assert break_even(3600.0, 10.0, 10.0, 10.0) is None
+
+
+def test_the_baselines_that_apply_to_each_field():
+    """Smagorinsky's viscosity acts on a scalar or a vector, WALE's on a velocity (a vector, or a
+    scalar on an interval); neither on shallow water's (eta, hu, hv) in 2D; DMD and POD-SINDy on
+    anything."""
+    interval, square = PeriodicIntervalMesh(8, 1.0), UnitSquareMesh(2, 2)
+    fields = {"kdv": FunctionSpace(interval, "CG", 1), "burgers2d": FunctionSpace(square, "CG", 1),
+              "cylinder": VectorFunctionSpace(square, "CG", 2),
+              "shallow_water": VectorFunctionSpace(square, "DG", 0, dim=3)}
+    applies = {case: [m for m in BASELINES if baseline_applies(m, V)] for case, V in fields.items()}
+    assert applies["kdv"] == applies["cylinder"] == list(BASELINES)
+    assert applies["burgers2d"] == [m for m in BASELINES if m != "wale"]
+    assert applies["shallow_water"] == ["coarse_dns", "dmd", "pod_sindy"]
+
+
+def test_a_protocol_chooses_its_baselines_and_their_settings(tmp_path):
+    (tmp_path / "mine.toml").write_text('problem = "kdv"\n[baselines]\nmethods = ["dmd", "coarse_dns"]\n'
+                                        'dmd = {svd_rank = 0.99}\npod_sindy = {rank = 3}\n')
+    protocol = Protocol.load(tmp_path / "mine.toml")
+    assert protocol.baselines == ("dmd", "coarse_dns") and protocol.dmd == {"svd_rank": 0.99}
+    assert protocol.pod_sindy == {"rank": 3} and protocol.fast().baselines == ("dmd", "coarse_dns")
+    assert Protocol.load("kdv").baselines is None
+    with pytest.raises(ValueError, match="unknown baselines \\['dnm'\\]"):
+        Protocol(name="x", problem="kdv", baselines=["dnm"])
+    with pytest.raises(ValueError, match="unknown dmd settings \\['rank'\\]; fit_dmd takes \\['svd_rank'\\]"):
+        Protocol(name="x", problem="kdv", dmd={"rank": 3})
+    (tmp_path / "bad.toml").write_text('problem = "kdv"\n[baselines]\nsindy = {rank = 3}\n')
+    with pytest.raises(ValueError, match="\\[baselines\\] takes methods, dmd and pod_sindy"):
+        Protocol.load(tmp_path / "bad.toml")
+
+
+def test_tune_constant_finds_the_least_error():
+    """A grid over [0, 0.4], then Brent between the best point's neighbours: the minimum of a
+    parabola to the tolerance, past a region where the error is infinite (a run that blew up),
+    and the deeper of two minima."""
+    def parabola(c):
+        return np.inf if c < 0.08 else (c - 0.137) ** 2 + 0.3
+
+    c, error, evaluations = tune_constant(parabola, (0.0, 0.4))
+    assert c == pytest.approx(0.137, abs=0.005) and error == pytest.approx(0.3, abs=1e-4)
+    assert 9 < evaluations <= 30
+
+    def two_wells(c):
+        return min((c - 0.05) ** 2 + 0.1, (c - 0.31) ** 2)
+
+    assert tune_constant(two_wells, (0.0, 0.4))[0] == pytest.approx(0.31, abs=0.005)
