@@ -5,8 +5,8 @@ command line), so the name must be enough to find it without editing the package
 
 - a :class:`~firedrake_msm.problems.Problem` instance or subclass;
 - a short name of the entry-point group ``firedrake_msm.problems`` (the reference problems
-  ``pulse``, ``kdv``, ``burgers2d`` and ``cylinder`` are registered there by this package; a
-  third-party package registers its own in its ``pyproject.toml``)::
+  ``pulse``, ``kdv``, ``burgers2d``, ``cylinder`` and ``shallow_water`` are registered there by
+  this package; a third-party package registers its own in its ``pyproject.toml``)::
 
       [project.entry-points."firedrake_msm.problems"]
       heat = "my_package.problems:Heat"

@@ -37,7 +37,10 @@ class ShallowWater(Problem):
     Irksome's stages nor the torch bridge could express, at both resolutions, and it is
     conservative cell by cell: :math:`\int\eta` is constant to round-off in a closed box. The
     price is the numerical diffusion of a first-order scheme: the fine solution's fronts spread
-    over a few of its cells, the coarse one's over the whole dam.
+    over a few of its cells, the coarse one's over the whole dam. And a cell average has no
+    gradient inside its cell: a learned weak-form closure
+    (:class:`~firedrake_msm.model.NeuralWeakForm`) has no flux on this space, and its source
+    reads the cell's own state alone.
 
     **Time stepping.** The strong-stability-preserving Runge-Kutta scheme of Shu and Osher
     (``SSPButcherTableau(3, 3)``, explicit, a solve with the diagonal mass matrix per stage):
@@ -50,8 +53,9 @@ class ShallowWater(Problem):
     condition: the ghost state is the cell's own, :math:`U^* = U`, and the flux through the
     boundary is :math:`F(U)n`. ``"wall"``: reflection, :math:`U^* = (\eta, m - 2(m\cdot n)n)`,
     no mass through the boundary. Over :math:`t \le 1` the waves do not reach the boundary
-    (the shock leaves :math:`r \le 0.7` at less than 1.4), so both give the same solution but
-    for what the scheme's diffusion carries there.
+    (the shock leaves :math:`r \le 0.7` at 1.34, the speed of the 1D dam break's shock between
+    these depths, and slows as it spreads), so both give the same solution but for what the
+    scheme's diffusion carries ahead of the shock.
 
     **Observed field.** The whole state :math:`U`: the coarse physics prior advances all of
     it, and the learned model's state is what it observes. :math:`\eta`, not :math:`h`: the
