@@ -1,6 +1,7 @@
 """The ``firedrake-msm`` command."""
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -31,7 +32,8 @@ def main(argv=None):
     dns.add_argument("--workers", type=int, default=1,
                      help="processes that share out the trajectories (instead of mpiexec's mesh partition)")
 
-    train = commands.add_parser("train", help="train a multiscale model on a dataset")
+    train = commands.add_parser("train", help="train a multiscale model on a dataset (data-parallel under "
+                                "torchrun --nproc-per-node=K; --batch-size is per process)")
     train.add_argument("dataset", type=Path)
     train.add_argument("--output", type=Path, help="run folder (default: runs/<problem>-n<n_latent>)")
     train.add_argument("--problem", help="the problem (default: the dataset's): " + PROBLEM_HELP)
@@ -56,6 +58,7 @@ def main(argv=None):
                           help="forecast this dataset's test trajectories (default: the training data's)")
     forecast.add_argument("--samples", type=int, default=64)
     forecast.add_argument("--seed", type=int, default=0)
+    forecast.add_argument("--device", default="cpu", help="torch device of the forecast (cpu, cuda)")
     forecast.add_argument("--vtk", type=Path, help="write the first test trajectory's forecast here (.pvd)")
     forecast.add_argument("--coarse", help="forecast on another coarse mesh of the domain: a resolution or "
                           "a Gmsh file (default: the one the model was trained on)")
@@ -125,7 +128,8 @@ def _train(parser, args):
     output = args.output or Path("runs") / f"{label}-n{args.n_latent}"
     start = time.perf_counter()
     best = fit(args.dataset, output, model, config, resume=args.resume, warm_start=args.warm_start)
-    print(f"trained in {time.perf_counter() - start:.0f} s; model in {best}, log in {output / 'log.csv'}")
+    if int(os.environ.get("RANK", 0)) == 0:        # once, not from every torchrun process
+        print(f"trained in {time.perf_counter() - start:.0f} s; model in {best}, log in {output / 'log.csv'}")
     return 0
 
 
@@ -135,7 +139,7 @@ def _forecast(parser, args):
     from firedrake_msm.forecast import forecast, write_vtk
     from firedrake_msm.metrics import relative_l2, summary
     from firedrake_msm.model import MultiscaleModel
-    model = MultiscaleModel.load(args.checkpoint)
+    model = MultiscaleModel.load(args.checkpoint, device=args.device)
     if args.coarse:
         try:
             model = model.on_mesh(int(args.coarse) if args.coarse.isdigit() else args.coarse)
@@ -148,7 +152,7 @@ def _forecast(parser, args):
     check_space(dataset, model.transfer.V_fine)
     times, truth = load_trajectories(dataset, **splits(dataset)["test"])
     result = forecast(model, torch.as_tensor(truth[:, 0]), times, samples=args.samples, seed=args.seed)
-    mean, std = summary(relative_l2(truth, result.mean))
+    mean, std = summary(relative_l2(truth, result.mean.cpu()))
     print(f"relative L2 error over {truth.shape[0]} test trajectories x {len(times)} times: "
           f"{mean:.4f} ± {std:.4f}")
     if args.vtk:

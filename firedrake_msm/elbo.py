@@ -82,9 +82,10 @@ def stratified_times(t0, t1, n, *, generator=None):
     r"""``n`` times per window, one uniform draw in each of ``n`` equal strata of
     :math:`[t_0, t_1]`: a Monte Carlo time quadrature with lower variance than i.i.d. draws.
 
-    ``t0``, ``t1``: ``(B,)``; returns ``(B, n)``.
+    ``t0``, ``t1``: ``(B,)``; returns ``(B, n)``, drawn on ``t0``'s device (a
+    ``generator`` must be on it too).
     """
-    u = torch.rand(t0.shape[0], n, generator=generator, dtype=t0.dtype).to(t0.device)
+    u = torch.rand(t0.shape[0], n, generator=generator, dtype=t0.dtype, device=t0.device)
     k = torch.arange(n, dtype=t0.dtype, device=t0.device)
     return t0[:, None] + (t1 - t0)[:, None] * (k + u) / n
 

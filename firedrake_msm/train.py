@@ -1,5 +1,7 @@
 r"""Amortized variational training: the solver-free ELBO, Adam, checkpoints and exact resumption."""
 import csv
+import math
+import os
 import random
 import time
 from contextlib import contextmanager
@@ -10,7 +12,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from firedrake_msm import checkpoint
+from firedrake_msm import checkpoint, distributed
 from firedrake_msm.data import SnapshotWindows, check_space, load_trajectories, splits
 from firedrake_msm.elbo import (drift_residual, elbo, gaussian_log_likelihood, reparametrise,
                                 residual_energy, stratified_times)
@@ -28,7 +30,8 @@ class TrainConfig:
     steps : int
         Optimiser steps in all (a resumed run continues up to it).
     batch_size : int
-        Windows per step.
+        Windows per step and process: a run on :math:`K` processes steps on :math:`K` times as
+        many (:mod:`firedrake_msm.distributed`).
     window : int
         Snapshots per window, :math:`M`.
     lr, decay, decay_every : float, float, int
@@ -51,8 +54,10 @@ class TrainConfig:
     validation_samples : int
         Ensemble members of a validation forecast.
     seed : int
-        Seeds torch, numpy, Python, the window sampler and the data noise.
+        Seeds torch, numpy, Python, the window sampler, each window's random numbers and the
+        data noise.
     device, dtype : str
+        ``"cuda"`` on several processes is each process's own GPU (``cuda:LOCAL_RANK``).
     """
     steps: int = 4000
     batch_size: int = 8
@@ -77,7 +82,7 @@ class TrainingDiverged(FloatingPointError):
     """The loss became NaN or infinite."""
 
 
-def negative_elbo(model, batch, *, beta, residual_times):
+def negative_elbo(model, batch, generators, *, beta, residual_times):
     r"""Minus the ELBO of a batch of windows, and its terms.
 
     Each window's snapshots are encoded, smoothed in time by the Gaussian process, sampled once at
@@ -88,6 +93,9 @@ def negative_elbo(model, batch, *, beta, residual_times):
     ----------
     batch : dict
         ``"fine"``: ``(B, M, N_h)``, ``"times"``: ``(B, M)``.
+    generators : sequence of torch.Generator
+        ``B`` generators on the batch's device: window ``k`` draws its samples and times from
+        ``generators[k]`` alone, so that its terms do not depend on the rest of the batch.
 
     Returns
     -------
@@ -102,12 +110,13 @@ def negative_elbo(model, batch, *, beta, residual_times):
     path = model.smoother(times, mean, log_var.exp(), model.sde.channel)
 
     m, log_S = path(times)[0]
-    predicted, var = model.decode(reparametrise(m, log_S, torch.randn_like(m)))
+    predicted, var = model.decode(reparametrise(m, log_S, _normal(generators, m)))
     log_likelihood = gaussian_log_likelihood(fine, predicted, var)                   # (B, M)
 
-    t = stratified_times(times[:, 0], times[:, -1], residual_times)
+    t = torch.cat([stratified_times(times[k:k + 1, 0], times[k:k + 1, -1], residual_times, generator=g)
+                   for k, g in enumerate(generators)])
     (m, log_S), (dm, dlog_S) = path(t)
-    z = reparametrise(m, log_S, torch.randn_like(m))
+    z = reparametrise(m, log_S, _normal(generators, m))
     f = model.sde.f(t, z.reshape(-1, D)).view(B, residual_times, D)
     sigma2 = model.sde.sigma() ** 2
     r = drift_residual(z, m, dm, log_S, dlog_S, f, sigma2)
@@ -116,6 +125,24 @@ def negative_elbo(model, batch, *, beta, residual_times):
     value, likelihood, kl = elbo(log_likelihood, energy, times[:, -1] - times[:, 0], beta=beta,
                                  n_observed=M * fine.shape[-1])
     return -value, {"elbo": value.item(), "likelihood": likelihood.item(), "kl": kl.item()}
+
+
+def _normal(generators, like):
+    """Standard normal samples shaped as ``like`` ``(B, ...)``, row ``k`` from ``generators[k]``."""
+    return torch.stack([torch.randn(like.shape[1:], generator=g, dtype=like.dtype, device=like.device)
+                        for g in generators])
+
+
+class _Objective(torch.nn.Module):
+    """:func:`negative_elbo` as a module's forward: the call that ``DistributedDataParallel``
+    wraps to average the gradients over the processes."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch, generators, *, beta, residual_times):
+        return negative_elbo(self.model, batch, generators, beta=beta, residual_times=residual_times)
 
 
 def relative_errors(model, snapshots, times, *, samples, seed=0):
@@ -131,10 +158,15 @@ def fit(dataset, folder, model_config=None, config=TrainConfig(), *, mesh=None, 
     r"""Train a :class:`~firedrake_msm.model.MultiscaleModel` on ``dataset``.
 
     Writes into ``folder``: ``checkpoint.pt`` (the last state: model, optimiser, scheduler, step
-    and every random state, replaced atomically), ``best.pt`` (the best validation forecast so
-    far) and ``log.csv`` (one row per step: ELBO, likelihood, KL, beta, learning rate, seconds;
-    validation error when measured). Both checkpoints hold the meshes: they load with
+    and every process's random states, replaced atomically), ``best.pt`` (the best validation
+    forecast so far) and ``log.csv`` (one row per step: ELBO, likelihood, KL, beta, learning rate,
+    seconds; validation error when measured). Both checkpoints hold the meshes: they load with
     :meth:`~firedrake_msm.model.MultiscaleModel.load` and nothing else.
+
+    In a process group, or under ``torchrun --nproc-per-node=K``, the processes train one model
+    data-parallel (:mod:`firedrake_msm.distributed`): each takes ``config.batch_size`` windows a
+    step, and the run trains what one process would with :math:`K` times the batch, to round-off.
+    Rank 0 alone logs, validates and writes the files.
 
     Parameters
     ----------
@@ -149,7 +181,7 @@ def fit(dataset, folder, model_config=None, config=TrainConfig(), *, mesh=None, 
         The coarse mesh (see :meth:`~firedrake_msm.model.MultiscaleModel.build`).
     resume : bool
         Continue from ``folder/checkpoint.pt``: the same parameters and losses as a run that was
-        never interrupted.
+        never interrupted. On as many processes as the run that wrote it.
     warm_start : str or pathlib.Path, optional
         A checkpoint whose matching parameters initialise the model (e.g. a model with fewer
         auxiliary channels, as the reference grows :math:`n_h` in stages). A decoder of another
@@ -167,50 +199,56 @@ def fit(dataset, folder, model_config=None, config=TrainConfig(), *, mesh=None, 
     ------
     TrainingDiverged
         When the loss is NaN or infinite; ``checkpoint.pt`` keeps the last good state.
+    ValueError
+        For settings that cannot train, and when resuming a run written on another number of
+        processes.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     last = folder / "checkpoint.pt"
     _check(config)
-    _seed(config.seed)
-    saved = checkpoint.read(last) if resume and last.exists() else None
-    model = _model(dataset, model_config or ModelConfig(), mesh, saved)
-    model = model.to(dtype=_dtype(config), device=config.device)
-    parts = splits(dataset)
-    windows = SnapshotWindows(dataset, window=config.window, noise_std=config.noise_std, seed=config.seed,
-                              dtype=_dtype(config), **parts["train"])
-    run = _Run(model, folder, dataset, config)
-    if saved is not None:
-        run.restore(saved)
-    else:
-        if warm_start is not None:
-            missing = _load_matching(model, _evaluated(checkpoint.read(warm_start)))
-            if "decoder.field.values" in missing:          # local weights after a shared field
-                model.calibrate_decoder(_sample_snapshots(windows, config))
+    with distributed.world(config.device) as world:
+        _seed(config.seed)
+        saved = checkpoint.read(last) if resume and last.exists() else None
+        if saved is not None:
+            distributed.check_resumable(saved, world, last)
+        model = _model(dataset, model_config or ModelConfig(), mesh, saved)
+        model = model.to(dtype=_dtype(config), device=world.device)
+        parts = splits(dataset)
+        windows = SnapshotWindows(dataset, window=config.window, noise_std=config.noise_std, seed=config.seed,
+                                  dtype=_dtype(config), **parts["train"])
+        run = _Run(model, folder, dataset, config, world)
+        if saved is not None:
+            run.restore(saved)
         else:
-            model.calibrate(_sample_snapshots(windows, config))
-        run.start()
-    validation = load_trajectories(dataset, **parts["validation"])
-    run.train(windows, validation, progress=progress, position=position)
+            if warm_start is not None:
+                missing = _load_matching(model, _evaluated(checkpoint.read(warm_start)))
+                if "decoder.field.values" in missing:          # local weights after a shared field
+                    model.calibrate_decoder(_sample_snapshots(windows, config.seed, world.device))
+            else:
+                model.calibrate(_sample_snapshots(windows, config.seed, world.device))
+            run.start()
+        validation = load_trajectories(dataset, **parts["validation"]) if world.leader else None
+        run.train(windows, validation, progress=progress, position=position)
     return run.best if run.best.exists() else last
 
 
 class _Run:
-    """The state of a training run (optimiser, scheduler, sampler, average, step and best error)
-    and its steps, logs and checkpoints."""
+    """The state of a training run (optimiser, scheduler, average, step and best error) and its
+    steps, logs and checkpoints, on one of the ``world``'s processes."""
 
-    def __init__(self, model, folder, dataset, config):
-        self.model, self.folder, self.dataset, self.config = model, folder, dataset, config
+    def __init__(self, model, folder, dataset, config, world):
+        self.model, self.folder, self.dataset, self.config, self.world = model, folder, dataset, config, world
         self.last, self.best = folder / "checkpoint.pt", folder / "best.pt"
         self.optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
         self.scheduler = torch.optim.lr_scheduler.StepLR(self.optimizer, config.decay_every,
                                                          gamma=config.decay)
-        self.sampler = torch.Generator().manual_seed(config.seed)
-        self.state = {"step": 0, "best": float("inf"), "seconds": 0.0}
+        self.state = {"step": 0, "best": float("inf"), "seconds": 0.0, "world_size": world.size}
         self.average = None
 
     def start(self):
-        _truncate_log(self.folder / "log.csv")
+        if self.world.leader:
+            _truncate_log(self.folder / "log.csv")
         if self.config.average:
             self.average = {name: p.detach().clone() for name, p in self.model.named_parameters()}
 
@@ -221,16 +259,20 @@ class _Run:
             self.average = {name: p.detach().clone() for name, p in self.model.named_parameters()}
         self.optimizer.load_state_dict(saved["optimizer"])
         self.scheduler.load_state_dict(saved["scheduler"])
-        self.sampler.set_state(saved["rng"]["sampler"])
-        _set_rng(saved["rng"])
+        _set_rng(saved["rng"][self.world.rank])
         self.state = dict(saved["state"])
-        _truncate_log(self.folder / "log.csv", self.state["step"])
+        if self.world.leader:
+            _truncate_log(self.folder / "log.csv", self.state["step"])
 
     def train(self, windows, validation, *, progress, position):
-        config = self.config
+        config, leader = self.config, self.world.leader
+        objective = distributed.parallel(_Objective(self.model), self.world)
+        batches = distributed.Batches(len(windows), config.batch_size, self.world, config.seed)
         bar = tqdm(total=config.steps, initial=self.state["step"], desc=f"training {self.folder.name}",
-                   unit="step", disable=not progress, position=position)
-        with open(self.folder / "log.csv", "a", newline="") as log_file:
+                   unit="step", disable=not (progress and leader), position=position)
+        # Rank 0 logs; the others write the same rows to nowhere, so that every process runs
+        # the same steps.
+        with open(self.folder / "log.csv" if leader else os.devnull, "a", newline="") as log_file:
             log = csv.writer(log_file, lineterminator="\n")
             if self.state["step"] == 0:
                 log.writerow(["step", "elbo", "likelihood", "kl", "beta", "lr", "seconds",
@@ -239,10 +281,10 @@ class _Run:
             start = time.perf_counter() - self.state["seconds"]
             for step in range(self.state["step"], config.steps):
                 beta = min(1.0, (step + 1) / config.beta_warmup)
-                terms = self.step(windows, beta)
+                terms = self.step(objective, windows, batches, beta)
                 self.state["step"] = step + 1
                 error = ""
-                if config.validate_every and self.state["step"] % config.validate_every == 0:
+                if leader and config.validate_every and self.state["step"] % config.validate_every == 0:
                     error = self.validate(validation)
                 self.state["seconds"] = time.perf_counter() - start
                 log.writerow([self.state["step"], terms["elbo"], terms["likelihood"], terms["kl"], beta,
@@ -252,32 +294,37 @@ class _Run:
                                 val=f"{self.state['best']:.3g}")
                 if self.state["step"] % config.checkpoint_every == 0 or self.state["step"] == config.steps:
                     log_file.flush()
-                    self.save(self.last)
+                    self.save(self.last, rng=distributed.gather(_get_rng(), self.world))
         bar.close()
+        distributed.barrier(self.world)         # the last checkpoint is on disk for every process
 
-    def step(self, windows, beta):
-        """One optimiser step on a batch of windows; the ELBO's terms."""
-        config, model = self.config, self.model
-        index = torch.randint(len(windows), (config.batch_size,), generator=self.sampler)
-        batch = _collate([windows[int(k)] for k in index], config.device)
-        loss, terms = negative_elbo(model, batch, beta=beta, residual_times=config.residual_times)
-        if not torch.isfinite(loss):
-            raise TrainingDiverged(f"the loss is {loss.item()} at step {self.state['step'] + 1} "
-                                   f"(terms {terms}); the last good state is in {self.last}: resume from "
-                                   "it with a lower learning rate")
+    def step(self, objective, windows, batches, beta):
+        """One optimiser step on this process's windows of the step's batch; the ELBO's terms,
+        averaged over the processes (those of the whole batch)."""
+        config, world, step = self.config, self.world, self.state["step"]
+        index, positions = batches(step)
+        batch = _collate([windows[k] for k in index], world.device)
+        generators = distributed.window_generators(config.seed, step, positions, world.device)
+        loss, terms = objective(batch, generators, beta=beta, residual_times=config.residual_times)
+        values = torch.tensor([loss.item(), terms["elbo"], terms["likelihood"], terms["kl"]],
+                              dtype=torch.float64, device=world.device)
+        values = distributed.mean(values, world).tolist()
+        terms = dict(zip(("elbo", "likelihood", "kl"), values[1:]))
+        if not math.isfinite(values[0]):
+            raise TrainingDiverged(f"the loss is {values[0]} at step {step + 1} (terms {terms}); the last "
+                                   f"good state is in {self.last}: resume from it with a lower learning rate")
         self.optimizer.zero_grad()
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip)
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.clip)
         self.optimizer.step()
         self.scheduler.step()
         if self.average is not None:
-            k = self.state["step"]
-            _update_average(self.average, model, min(config.average, (1 + k) / (10 + k)))
+            _update_average(self.average, self.model, min(config.average, (1 + step) / (10 + step)))
         return terms
 
     def validate(self, validation):
         """The mean relative error of validation forecasts (with the averaged parameters); keeps
-        the best model in ``best.pt``."""
+        the best model in ``best.pt``. On rank 0 only."""
         times, snapshots = validation
         with _parameters(self.model, self.average):
             errors, blew_up = relative_errors(self.model, snapshots, times,
@@ -292,11 +339,15 @@ class _Run:
             self.save(self.best)
         return error
 
-    def save(self, path):
+    def save(self, path, **contents):
+        """Write the run's state to ``path`` (from rank 0), with more ``contents``: ``checkpoint.pt``
+        adds every process's random states, ``rng``, a list by rank."""
+        if not self.world.leader:
+            return
         self.model.save(path, average=self.average, optimizer=self.optimizer.state_dict(),
                         scheduler=self.scheduler.state_dict(), state=dict(self.state),
-                        rng={"sampler": self.sampler.get_state(), **_get_rng()},
-                        train_config=asdict(self.config), dataset=str(Path(self.dataset).resolve()))
+                        train_config=asdict(self.config), dataset=str(Path(self.dataset).resolve()),
+                        **contents)
 
 
 def _model(dataset, model_config, mesh, saved):
@@ -326,6 +377,8 @@ def _check(config):
     if config.validate_every < 0 or not config.lr >= 0 or not 0 <= config.average < 1:
         raise ValueError(f"TrainConfig needs validate_every >= 0, lr >= 0 and 0 <= average < 1, not "
                          f"{config.validate_every}, {config.lr} and {config.average}")
+    if config.seed < 0:
+        raise ValueError(f"TrainConfig.seed must be at least 0, not {config.seed}")
     if config.dtype not in ("float32", "float64"):
         raise ValueError(f"TrainConfig.dtype must be 'float32' or 'float64', not {config.dtype!r}")
     try:
@@ -394,12 +447,12 @@ def _collate(items, device):
     return {key: torch.stack([item[key] for item in items]).to(device) for key in ("fine", "times")}
 
 
-def _sample_snapshots(windows, config, n_windows=16):
+def _sample_snapshots(windows, seed, device, n_windows=16):
     """The snapshots of a few training windows, ``(n, N_h)``, to calibrate the model with;
     drawn with a generator of their own, so that calibrating leaves the training sequence alone."""
-    draw = torch.Generator().manual_seed(config.seed + 1)
+    draw = torch.Generator().manual_seed(seed + 1)
     index = torch.randint(len(windows), (n_windows,), generator=draw)
-    fine = _collate([windows[int(k)] for k in index], config.device)["fine"]
+    fine = _collate([windows[int(k)] for k in index], device)["fine"]
     return fine.reshape(-1, fine.shape[-1])
 
 
