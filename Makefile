@@ -1,6 +1,7 @@
 # The README's commands. Each target first makes sure the environment exists (a no-op in
 # seconds once it does) and that it runs this checkout's code.
-FIREDRAKE_MSM_VENV ?= $(HOME)/.cache/firedrake-msm/venv
+# FIREDRAKE_MSM_CUDA=1: the environment whose PETSc and torch have CUDA (scripts/install.sh).
+FIREDRAKE_MSM_VENV ?= $(HOME)/.cache/firedrake-msm/venv$(if $(filter 1,$(FIREDRAKE_MSM_CUDA)),-cuda)
 export FIREDRAKE_MSM_VENV
 PYTHON := $(FIREDRAKE_MSM_VENV)/bin/python
 # Firedrake wants one OpenMP thread; mpiexec as root needs Open MPI's consent, and

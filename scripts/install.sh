@@ -5,6 +5,12 @@
 # Env:   FIREDRAKE_MSM_VENV  where the virtual environment lives
 #                            (default $HOME/.cache/firedrake-msm/venv; outside the clone, so that
 #                            every checkout and CI's fresh clone share one PETSc build)
+#        FIREDRAKE_MSM_CUDA  1: PETSc built with CUDA (the toolkit of the nvcc on PATH), for its GPU
+#                            types (-mat_type aijcusparse -vec_type cuda, Firedrake's OffloadPC),
+#                            and a torch with CUDA; by default into its own environment,
+#                            $HOME/.cache/firedrake-msm/venv-cuda, so the CPU one is left alone
+#        FIREDRAKE_MSM_CUDA_ARCH  with it, PETSc's --with-cuda-arch (e.g. 90), where configure
+#                            runs on a machine without the GPU to ask
 #
 # Debian 12 only needs its own packages and PyPI: PETSc is built from the PyPI `petsc` sdist
 # against Debian's MPI, HDF5, MUMPS, ... (PETSc's --download-* cannot reach its servers here).
@@ -17,7 +23,12 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-VENV=$(realpath -m "${FIREDRAKE_MSM_VENV:-$HOME/.cache/firedrake-msm/venv}")
+CUDA=${FIREDRAKE_MSM_CUDA:-0}
+if [ "$CUDA" = 1 ]; then
+  VENV=$(realpath -m "${FIREDRAKE_MSM_VENV:-$HOME/.cache/firedrake-msm/venv-cuda}")
+else
+  VENV=$(realpath -m "${FIREDRAKE_MSM_VENV:-$HOME/.cache/firedrake-msm/venv}")
+fi
 CONSTRAINTS="$ROOT/constraints.txt"
 STAMP="$VENV/.firedrake-msm-stamp"
 PY="$VENV/bin/python"
@@ -28,7 +39,7 @@ STEP="start"
 step() { STEP="$*"; printf '\n=== [%s] %s\n' "$(date +%T)" "$STEP"; }
 trap 'echo "install.sh: FAILED in step: $STEP (environment: $VENV)" >&2' ERR
 
-WANT_STAMP=$(cat "$CONSTRAINTS" "${BASH_SOURCE[0]}" | sha256sum | cut -d' ' -f1)
+WANT_STAMP=$({ cat "$CONSTRAINTS" "${BASH_SOURCE[0]}"; echo "cuda=$CUDA"; } | sha256sum | cut -d' ' -f1)
 if [ -x "$PY" ] && [ "$(cat "$STAMP" 2>/dev/null)" = "$WANT_STAMP" ]; then
   # The environment is complete; only make sure it runs *this* checkout's code.
   "${PIP[@]}" install -q --no-deps --no-build-isolation -e "$ROOT"
@@ -64,9 +75,16 @@ installed() { "$PY" -c "import importlib.metadata as m, sys; sys.exit(m.version(
 # ------------------------------------------------------------------ PETSc (~9 min)
 # The sdist joins these options with spaces and runs them through a shell, so multi-library
 # options use PETSc's [a,b,c] list syntax. Debian 12's hypre is too old for PETSc 3.26, so no
-# hypre (Firedrake then uses GAMG). --with-cuda=0: the image carries an nvcc that configure finds.
+# hypre (Firedrake then uses GAMG). CUDA only when asked for: the image carries an nvcc that
+# configure would otherwise find.
+CUDA_OPTIONS="--with-cuda=0"
+if [ "$CUDA" = 1 ]; then
+  NVCC=$(command -v nvcc) || { echo "install.sh: FIREDRAKE_MSM_CUDA=1 needs nvcc on PATH" >&2; exit 1; }
+  CUDA_OPTIONS="--with-cuda=1 --with-cudac=$NVCC --with-cuda-dir=$(dirname "$(dirname "$(realpath "$NVCC")")")"
+  [ -z "${FIREDRAKE_MSM_CUDA_ARCH:-}" ] || CUDA_OPTIONS="$CUDA_OPTIONS --with-cuda-arch=$FIREDRAKE_MSM_CUDA_ARCH"
+fi
 export PETSC_CONFIGURE_OPTIONS="--with-fortran-bindings=0 --with-strict-petscerrorcode \
---COPTFLAGS=-O2 --CXXOPTFLAGS=-O2 --FOPTFLAGS=-O2 --with-cuda=0 \
+--COPTFLAGS=-O2 --CXXOPTFLAGS=-O2 --FOPTFLAGS=-O2 $CUDA_OPTIONS \
 --with-blaslapack-lib=-lopenblas \
 --with-hdf5-include=/usr/include/hdf5/openmpi \
 --with-hdf5-lib=[/usr/lib/x86_64-linux-gnu/hdf5/openmpi/libhdf5.so,/usr/lib/x86_64-linux-gnu/hdf5/openmpi/libhdf5_hl.so] \
@@ -82,6 +100,10 @@ if ! installed petsc "$PETSC_VERSION"; then
 fi
 export PETSC_DIR="$SITE/petsc" PETSC_ARCH=""
 test -f "$PETSC_DIR/lib/petsc/conf/petscvariables"
+if [ "$CUDA" = 1 ] && ! grep -q "PETSC_HAVE_CUDA 1" "$PETSC_DIR/include/petscconf.h"; then
+  echo "install.sh: the PETSc in $VENV has no CUDA: give FIREDRAKE_MSM_CUDA=1 an environment of its own" >&2
+  exit 1
+fi
 
 # ------------------------------------------------------------------ petsc4py (~8 min)
 # Into a local wheelhouse, so that Firedrake's isolated build environment takes this wheel
@@ -113,6 +135,11 @@ fi
 # torch first and pinned, so that nothing below can pull a CUDA build in its place.
 step "torch $(pin torch) (CPU), gmsh and firedrake_msm[test,docs]"
 "${PIP[@]}" install -q -c "$CONSTRAINTS" "torch==$(pin torch)" "gmsh==$(pin gmsh)"
+if [ "$CUDA" = 1 ] && ! "$PY" -c 'import sys, torch; sys.exit(torch.version.cuda is None)'; then
+  echo "install.sh: torch $(pin torch) in $VENV is a CPU build: install its CUDA build there (from PyTorch's" \
+    "wheel index for your CUDA version) and run this again" >&2
+  exit 1
+fi
 "${PIP[@]}" install -q --find-links "$WHEELHOUSE" -c "$CONSTRAINTS" -e "$ROOT[test,docs]"
 
 step "smoke test"
