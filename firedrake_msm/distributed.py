@@ -20,6 +20,7 @@ step and its position in the step's batch (:func:`window_generators`).
 """
 import datetime
 import os
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -96,8 +97,12 @@ def parallel(module, world):
     if world.size == 1:
         return module
     device = torch.device(world.device)
-    return DistributedDataParallel(module, device_ids=[device] if device.type == "cuda" else None,
-                                   broadcast_buffers=False)
+    with warnings.catch_warnings():
+        # Its replacement, forward_sync_buffers=False, still broadcasts the buffers (sparse
+        # tensors among them) at the start, as torch's deprecation notice itself says.
+        warnings.filterwarnings("ignore", "`broadcast_buffers` is deprecated", FutureWarning)
+        return DistributedDataParallel(module, device_ids=[device] if device.type == "cuda" else None,
+                                       broadcast_buffers=False)
 
 
 def mean(values, world):
