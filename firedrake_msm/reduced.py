@@ -86,7 +86,7 @@ class DMD:
             return (dynamics @ self.modes.T).real
 
 
-def fit_dmd(snapshots, times, *, svd_rank=0):
+def fit_dmd(snapshots, times, *, svd_rank=0.9999):
     r"""Exact DMD (PyDMD's :class:`pydmd.DMD`) of trajectories, from all their pairs of
     consecutive snapshots.
 
@@ -104,10 +104,11 @@ def fit_dmd(snapshots, times, *, svd_rank=0):
     times : array_like
         ``(T,)``, uniformly spaced.
     svd_rank : int or float
-        The rank :math:`r`, by PyDMD's rule: 0 (default) for the optimal hard threshold of
-        Gavish & Donoho (2014) on the singular values of :math:`X`, an integer for that many
-        singular values, a float in (0, 1) for the fewest whose squares hold that fraction of
-        :math:`\|X\|_F^2`, -1 for all of them.
+        The rank :math:`r`, by PyDMD's rule: a float in (0, 1) for the fewest singular values of
+        :math:`X` whose squares hold that fraction of :math:`\|X\|_F^2` (default 0.9999), an
+        integer for that many, -1 for all of them, 0 for the optimal hard threshold of Gavish &
+        Donoho (2014), which assumes noisy data (on clean restricted DNS it can keep a single
+        mode).
 
     Returns
     -------
@@ -203,7 +204,7 @@ class PODSINDy:
         return self.states(a)
 
 
-def fit_pod_sindy(snapshots, times, *, rank=None, energy=0.999, max_rank=10, degree=2, threshold=0.05,
+def fit_pod_sindy(snapshots, times, *, rank=None, energy=0.999, max_rank=6, degree=2, threshold=0.1,
                   alpha=0.05):
     r"""POD-SINDy: a sparse polynomial ODE (PySINDy, sequentially thresholded least squares) for
     the first POD coefficients of trajectories.
@@ -214,7 +215,10 @@ def fit_pod_sindy(snapshots, times, *, rank=None, energy=0.999, max_rank=10, deg
     second-order finite differences, trajectory by trajectory) give the regression
     :math:`\dot a = \Xi\, \theta(a)` over the monomials :math:`\theta` of degree at most
     ``degree``; STLSQ (Brunton et al. 2016) solves it by ridge regression, zeroes the
-    coefficients below ``threshold`` and refits on the rest until the support settles.
+    coefficients below a threshold and refits on the rest until the support settles. The threshold
+    is a fraction ``threshold`` of the largest linear coefficient of the ridge fit without one (the
+    fastest linear rate), so that it depends on neither the unit of time nor the size of the
+    states.
 
     Parameters
     ----------
@@ -231,8 +235,8 @@ def fit_pod_sindy(snapshots, times, *, rank=None, energy=0.999, max_rank=10, deg
     degree : int
         The polynomial library's degree (2: the quadratic nonlinearity of advection).
     threshold : float
-        STLSQ's threshold on the coefficients :math:`\Xi`, in units of the inverse time of ``times``
-        (the coefficients :math:`a` are of order one).
+        STLSQ's threshold on the coefficients :math:`\Xi`, relative to the largest linear one of the
+        unthresholded fit.
     alpha : float
         STLSQ's ridge penalty.
 
@@ -259,8 +263,15 @@ def fit_pod_sindy(snapshots, times, *, rank=None, energy=0.999, max_rank=10, deg
     if scale == 0:
         raise ValueError("the training states do not vary: POD-SINDy has nothing to fit")
     a /= scale
-    model = pysindy.SINDy(optimizer=pysindy.STLSQ(threshold=threshold, alpha=alpha),
-                          feature_library=pysindy.PolynomialLibrary(degree=degree))
-    model.fit(list(a), t=dt)
+    if not 0 <= threshold < 1:
+        raise ValueError(f"threshold is relative to the largest linear rate: in [0, 1), not {threshold}")
+
+    def sindy(cut):
+        optimizer = pysindy.STLSQ(threshold=cut, alpha=alpha)
+        return pysindy.SINDy(optimizer=optimizer, feature_library=pysindy.PolynomialLibrary(degree=degree)
+                             ).fit(list(a), t=dt)
+
+    linear = sindy(0.0).coefficients()[:, 1:rank + 1]        # the library: 1, a_1 .. a_r, then products
+    model = sindy(threshold * np.abs(linear).max())
     bound = 10 * float(np.max(np.linalg.norm(a, axis=-1)))
     return PODSINDy(mean, basis, scale, model, bound)

@@ -67,12 +67,13 @@ def ellipse(times, phases, A=3.0, B=1.0, omega=2 * np.pi):
 
 def test_pod_sindy_recovers_a_sparse_linear_ode():
     """An ellipse traced over whole periods has its axes for POD modes, so POD-SINDy finds the two
-    cross terms and nothing else: |a1' / a2| = (A/B) omega, |a2' / a1| = (B/A) omega, and the
+    cross terms and nothing else (the threshold, 5 % of the faster rate, lies below the slower):
+    |a1' / a2| = (A/B) omega, |a2' / a1| = (B/A) omega, and the
     product of the two coefficients is -omega^2 whatever the modes' signs."""
     times = np.linspace(0, 2, 401)
     Phi, mean = orthonormal(25, 2, 4), np.linspace(1, 2, 25)
     snapshots = mean + ellipse(times, [0.0, 1.0, 2.5]) @ Phi.T
-    model = fit_pod_sindy(snapshots, times, degree=2, threshold=0.1)
+    model = fit_pod_sindy(snapshots, times, degree=2, threshold=0.05)
     assert model.rank == 2
     Xi = model.model.coefficients().copy()                           # (2, 6): 1, a1, a2, a1^2, a1 a2, a2^2
     omega = 2 * np.pi
@@ -133,3 +134,5 @@ def test_bad_input(fit):
         fit(np.ones((11, 3)), times)
     with pytest.raises(ValueError, match="rank must be"):
         fit_pod_sindy(np.random.default_rng(0).standard_normal((1, 11, 3)), times, rank=4)
+    with pytest.raises(ValueError, match="threshold is relative"):
+        fit_pod_sindy(np.random.default_rng(0).standard_normal((1, 11, 3)), times, threshold=2.0)
