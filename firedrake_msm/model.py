@@ -48,7 +48,7 @@ import scipy.sparse as sp
 import torch
 from firedrake import (COMM_SELF, Function, FunctionSpace, TestFunction, TrialFunction, assemble,
                        ds, dx, interpolate)
-from firedrake.mesh import MeshGeometry
+from firedrake.mesh import MeshGeometry, MeshSequenceGeometry
 from finat.ufl import FiniteElement
 from torch import nn
 from torch.nn.functional import softplus
@@ -535,8 +535,9 @@ class MultiscaleModel(nn.Module):
             raise ValueError("a local decoder's weights belong to the training meshes' stencil (one per "
                              "entry): only a model with local_decoder=False moves to another mesh")
         # What the config records of the new mesh: the resolution or file, else the mesh's name.
-        coarse = mesh.name if isinstance(mesh, MeshGeometry) else mesh
-        mesh = _coarse_mesh(self.problem, mesh)
+        mesh, coarse = _coarse_mesh(self.problem, mesh), mesh
+        if isinstance(coarse, (MeshGeometry, MeshSequenceGeometry)):
+            coarse = mesh.name
         images = {**self.images, "coarse": mesh_image(mesh), "coarse_name": mesh.name}
         parameter = next(self.parameters())
         moved = type(self)(replace(self.config, coarse=coarse), images)
@@ -610,7 +611,8 @@ class MultiscaleModel(nn.Module):
 def _coarse_mesh(problem, coarse):
     """The coarse mesh that ``coarse`` names, on one process: a mesh, a resolution of the
     problem's (None: its default) or a Gmsh file."""
-    if isinstance(coarse, MeshGeometry):
+    if isinstance(coarse, (MeshGeometry, MeshSequenceGeometry)):
+        coarse = coarse.unique()        # a mixed space's mesh is a sequence of one mesh
         if coarse.comm.size != 1:
             raise ValueError(f"the coarse mesh is distributed over {coarse.comm.size} processes: load it "
                              "with comm=COMM_SELF (every process holds the whole coarse mesh)")
