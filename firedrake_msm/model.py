@@ -16,7 +16,8 @@ torch bridge), and the learned terms in weak form at the quadrature points,
           + \sum_m \int_{\Gamma_m} s^m_\theta(u, h)\,v_i\,ds,
           \qquad \xi = (u, \nabla u, h, \nabla h),
 
-so one network serves any mesh and resolution. The boundary terms, one per marked part
+so one network serves any mesh and resolution (on a finer mesh than the training one, the
+closure is of first order in the cell width: :class:`NeuralWeakForm`). The boundary terms, one per marked part
 :math:`\Gamma_m` of the boundary, carry what the coarse mesh misses at walls, holes and inflows: an
 under-resolved boundary layer changes the flux through the boundary, which a source in the
 interior, the same function of :math:`\xi` everywhere, cannot put there. The closure is a force in the coarse
@@ -63,7 +64,7 @@ from firedrake_msm.networks import inverse_softplus, mlp
 from firedrake_msm.posterior import Encoder, GaussianProcessSmoother
 from firedrake_msm.meshes import load_mesh
 from firedrake_msm.problems import reference, resolve
-from firedrake_msm.transfer import Transfer, cell_width, scalar_space, scipy_matrix
+from firedrake_msm.transfer import Transfer, cell_width, mean_width, scalar_space, scipy_matrix
 
 
 class NeuralWeakForm(nn.Module):
@@ -75,7 +76,22 @@ class NeuralWeakForm(nn.Module):
               + \sum_m w^m_i\, s^m_c(X_i),
               \qquad w^m_i = \int_{\Gamma_m} \phi_i\,ds,
 
-    :math:`\xi_q` the channels and their gradients at :math:`x_q`. The boundary sources are
+    :math:`\xi_q` the channels and their gradients at :math:`x_q`. Moved to a finer mesh
+    (:meth:`MultiscaleModel.on_mesh`), the closure is of first order in the mean cell width
+    :math:`\bar\Delta` (:func:`~firedrake_msm.transfer.mean_width`) against the training
+    mesh's :math:`\bar\Delta_0`, with :math:`r = \min(\bar\Delta/\bar\Delta_0, 1)`: the networks see
+    the channels' variation across a cell of the training mesh, :math:`\xi = (X, r\nabla X)`, and
+    their sources and flux are multiplied by :math:`r`,
+
+    .. math:: s = r\,\hat s(\xi),\qquad \tau = r\,\hat\tau(\xi).
+
+    A finer mesh resolves more of the field and misses less of it; one function of
+    :math:`(X, \nabla X)` on every mesh would put back there all it learned to put back on the
+    training mesh, and sharper resolved gradients would leave the range it learned them on. On a
+    coarser mesh (:math:`r = 1`) it puts back what it learned: more is unresolved there, but
+    nothing says how much more, and a larger learned flux or source, extrapolated past its
+    training data, is free to grow a forecast without bound. On the training mesh :math:`r = 1`.
+    The order is an assumption: data on one mesh cannot fix it. The boundary sources are
     lumped at the nodes (the trapezoidal rule on the facets, for P1), functions of the channels'
     nodal values: one network gives :math:`s^m` for every marker :math:`m` of the mesh's
     exterior facets, and it starts at zero. Two fluxes:
@@ -133,12 +149,14 @@ class NeuralWeakForm(nn.Module):
         The bounded source vanishes on locally uniform fields (see above), not only at rest.
     boundary : bool
         Learn the boundary sources (where the mesh has exterior facets).
+    refinement : float
+        :math:`r`, in (0, 1] (see above).
     degree : int, optional
         The quadrature degree (default: twice the element's).
     """
 
     def __init__(self, V, channels, resolved, *, flux="dissipative", width=64, depth=2, diffusivity=1e-3,
-                 bounded=True, uniform=True, boundary=True, degree=None):
+                 bounded=True, uniform=True, boundary=True, refinement=1.0, degree=None):
         super().__init__()
         if flux not in ("dissipative", "free"):
             raise ValueError(f"flux must be 'dissipative' or 'free', not {flux!r}")
@@ -150,7 +168,10 @@ class NeuralWeakForm(nn.Module):
         v = TrialFunction(V)
         blocks = [v] + [v.dx(k) for k in range(self.gdim)]
         tables = sp.vstack([scipy_matrix(assemble(interpolate(b, Q))) for b in blocks]).tocsr()
-        weights = assemble(TestFunction(Q) * dx(degree=degree)).dat.data_ro
+        if not 0 < refinement <= 1:
+            raise ValueError(f"the refinement must be in (0, 1], not {refinement!r}")
+        self.refinement = refinement
+        weights = refinement * assemble(TestFunction(Q) * dx(degree=degree)).dat.data_ro
         self.register_buffer("tables", to_torch_sparse(tables), persistent=False)
         self.register_buffer("tables_t", to_torch_sparse(tables.T.tocsr()), persistent=False)
         self.register_buffer("weights", torch.as_tensor(np.tile(weights, 1 + self.gdim)), persistent=False)
@@ -163,7 +184,8 @@ class NeuralWeakForm(nn.Module):
         self.boundary_net = None
         if boundary and mesh.exterior_facets.set.total_size > 0:
             markers = mesh.exterior_facets.unique_markers
-            lumped = np.stack([assemble(TestFunction(V) * ds(int(m))).dat.data_ro for m in markers], axis=1)
+            lumped = refinement * np.stack([assemble(TestFunction(V) * ds(int(m))).dat.data_ro
+                                            for m in markers], axis=1)
             self.register_buffer("boundary_weights", torch.as_tensor(lumped), persistent=False)     # (N, m)
             self.boundary_net = mlp(channels, len(markers) * channels, width, depth)
             # Zero until data moves it: a part of the boundary that the data never reach (an outlet
@@ -177,15 +199,21 @@ class NeuralWeakForm(nn.Module):
                 self.raw_boundary_bound = nn.Parameter(initial)
 
     def at_points(self, X):
-        """Channels ``(B, N, c)`` and their gradients at the points: ``(B, Q, (1 + gdim) c)``."""
+        """Channels ``(B, N, c)`` and their gradients at the points: ``(B, Q, 1 + gdim, c)``."""
         B, N, C = X.shape
         Y = torch.sparse.mm(self.tables, X.permute(1, 0, 2).reshape(N, B * C))       # ((1+d) Q, B C)
-        return Y.view(1 + self.gdim, -1, B, C).permute(2, 1, 0, 3).reshape(B, -1, (1 + self.gdim) * C)
+        return Y.view(1 + self.gdim, -1, B, C).permute(2, 1, 0, 3)
+
+    def features(self, xi):
+        """The networks' inputs from :meth:`at_points`: the channels and their gradients in the
+        training mesh's units, :math:`(X, r\\nabla X)`, ``(B, Q, (1 + gdim) c)``, before
+        :attr:`scale`."""
+        return torch.cat([xi[:, :, :1], self.refinement * xi[:, :, 1:]], dim=2).flatten(-2)
 
     def forward(self, X):
         B, N, C = X.shape
-        xi = self.at_points(X).unflatten(-1, (1 + self.gdim, C))                      # (B, Q, 1+d, C)
-        out = self.net(xi.flatten(-2) / self.scale)
+        xi = self.at_points(X)                                                         # (B, Q, 1+d, C)
+        out = self.net(self.features(xi) / self.scale)
         source = out[..., :C]                                                          # (B, Q, C)
         if self.raw_bound is not None:
             bound = softplus(self.raw_bound)
@@ -242,11 +270,13 @@ class MultiscaleSDE(nn.Module):
     damping : float
         Initial :math:`\kappa` of the auxiliary channels (per unit time); the forcing amplitude
         :math:`a` starts at the same value, so :math:`|h| \lesssim 1`.
+    refinement : float
+        The closure's :math:`r` (:class:`NeuralWeakForm`).
     """
     noise_type, sde_type = "additive", "ito"
 
     def __init__(self, V, n_latent=5, *, physics=None, fixed_dofs=(), flux="dissipative", bounded_source=True,
-                 boundary_closure=True, width=64, depth=2, noise=1e-2, damping=50.0):
+                 boundary_closure=True, width=64, depth=2, noise=1e-2, damping=50.0, refinement=1.0):
         super().__init__()
         Vs = scalar_space(V)
         self.n_nodes, self.n_components, self.n_latent = Vs.dim(), V.block_size, n_latent
@@ -256,7 +286,7 @@ class MultiscaleSDE(nn.Module):
         self.physics = physics
         self.closure = NeuralWeakForm(Vs, channels, self.n_components, flux=flux, width=width, depth=depth,
                                       bounded=bounded_source, uniform=physics is not None,
-                                      boundary=boundary_closure)
+                                      boundary=boundary_closure, refinement=refinement)
         self.mass = MassOperator(Vs)
         lumped = MassOperator(Vs, "lumped").diag.numpy()       # HRZ: positive for any degree
         spread = np.sqrt(lumped.mean() / lumped)
@@ -338,7 +368,8 @@ class MultiscaleSDE(nn.Module):
         each component of :math:`u` and of its gradient over samples and points, and the source's
         bound at ten times each component's scale per unit time. The auxiliary channels keep scale
         one: their size is learned, and an untrained encoder's is arbitrary."""
-        features = self.closure.at_points(self.channels(z)).flatten(0, 1)
+        closure = self.closure
+        features = closure.features(closure.at_points(self.channels(z))).flatten(0, 1)
         channel = torch.arange(features.shape[1], device=z.device) % self.closure.channels
         observed = channel < self.n_components
         scale = torch.where(observed, features.std(0).clamp_min(1e-6), torch.ones_like(self.closure.scale))
@@ -396,6 +427,11 @@ class ModelConfig:
     damping : float
         Initial damping rate of the auxiliary channels, per unit time
         (:class:`MultiscaleSDE`).
+    reference_width : float, optional
+        The training mesh's mean cell width :math:`\bar\Delta_0`
+        (:func:`~firedrake_msm.transfer.mean_width`), against which the closure is of first order
+        on a finer mesh (:class:`NeuralWeakForm`); set when the model is built, kept by
+        :meth:`MultiscaleModel.on_mesh`.
     """
     problem: object = None
     problem_options: dict = field(default_factory=dict)
@@ -411,6 +447,7 @@ class ModelConfig:
     depth: int = 2
     features: int = 16
     damping: float = 50.0
+    reference_width: float = None
 
     def __post_init__(self):
         for name in ("n_latent", "width", "depth", "features"):
@@ -453,10 +490,12 @@ class MultiscaleModel(nn.Module):
         super().__init__()
         self.problem = problem = resolve(config.problem, config.problem_options)
         name, options = reference(problem)
-        self.config = config = replace(config, problem=name, problem_options=options)
-        self.images = images
         V_fine, _ = load_space_image(images["fine"])
         mesh = load_mesh_image(images["coarse"], images["coarse_name"])
+        width = mean_width(mesh)
+        self.config = config = replace(config, problem=name, problem_options=options,
+                                       reference_width=config.reference_width or width)
+        self.images = images
         if mesh.geometric_dimension != V_fine.mesh().geometric_dimension:
             raise ValueError(f"the coarse mesh is {mesh.geometric_dimension}D and the data's fine mesh "
                              f"{V_fine.mesh().geometric_dimension}D: they must cover the same domain")
@@ -478,7 +517,7 @@ class MultiscaleModel(nn.Module):
                                  fixed_dofs=fixed[fixed < self.V.dim()], width=config.width,
                                  flux=config.flux, bounded_source=config.bounded_source,
                                  boundary_closure=config.boundary_closure, depth=config.depth,
-                                 damping=config.damping)
+                                 damping=config.damping, refinement=min(width / config.reference_width, 1.0))
         self.decoder = Decoder(self.transfer, config.n_latent, local=config.local_decoder)
 
     @classmethod
@@ -506,13 +545,13 @@ class MultiscaleModel(nn.Module):
     def on_mesh(self, mesh):
         r"""The same learned model on another coarse mesh of the same domain.
 
-        Every learned function is one of the local fields and their gradients at quadrature
-        points (:class:`NeuralWeakForm`), or of offsets scaled by the local cell
+        Every learned function is one of the local fields and their variation across a cell at
+        quadrature points (:class:`NeuralWeakForm`), or of offsets scaled by the local cell
         (:class:`~firedrake_msm.networks.StencilField`), so the parameters carry over to any
         mesh: the physics prior, the transfer and the tabulations are rebuilt on ``mesh``, for
-        the same fine data. What the closure learned is a function of the fields at the training
-        mesh's resolution: on a finer mesh, less of the field is unresolved than the closure
-        was taught to put back.
+        the same fine data. The closure keeps its reference width
+        (:attr:`ModelConfig.reference_width`): on a finer mesh it puts back less, at first order
+        in the mean cell width, and on a coarser one what it learned (:class:`NeuralWeakForm`).
 
         Parameters
         ----------

@@ -356,8 +356,9 @@ def _model(dataset, model_config, mesh, saved):
         return MultiscaleModel.build(dataset, model_config, mesh=mesh)
     model = MultiscaleModel(ModelConfig(**saved["model_config"]), saved["images"])
     given, kept = asdict(model_config), saved["model_config"]
+    # None is the default, which the checkpoint's model has fixed (a reference width, say).
     differ = [k for k, v in given.items()
-              if k not in ("problem", "problem_options", "coarse") and kept.get(k) != v]
+              if k not in ("problem", "problem_options", "coarse") and v is not None and kept.get(k) != v]
     if differ:
         was = ", ".join(f"{k}={kept.get(k)!r}" for k in differ)
         now = ", ".join(f"{k}={given[k]!r}" for k in differ)

@@ -163,3 +163,9 @@ def cell_width(mesh):
     """
     d = mesh.ufl_cell().topological_dimension
     return CellVolume(mesh) ** (1.0 / (d() if callable(d) else d))    # a method in older UFL
+
+
+def mean_width(mesh):
+    r"""The mean cell width :math:`\bar\Delta = |\Omega|^{-1}\int_\Omega \Delta\,dx`
+    (:func:`cell_width`): a graded mesh's one length scale."""
+    return float(assemble(cell_width(mesh) * dx) / assemble(1 * dx(domain=mesh)))

@@ -1,6 +1,8 @@
 """A trained model moves to another coarse mesh of the same domain
 (:meth:`~firedrake_msm.model.MultiscaleModel.on_mesh`): the same learned functions, discretised
 on the new mesh."""
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -42,24 +44,51 @@ def at(x, model, values):
     return np.stack([np.interp(x, xs, v, period=1.0) for v in vs.T], axis=1)
 
 
-def test_a_moved_model_keeps_its_parameters_and_its_learned_functions_converge(pulse_data):
-    """The learned rates on meshes 12, 24, 48 converge to those on mesh 96 at second order (the L2
-    projection's, of P1): each mesh discretises the same functions of the fields."""
+def with_own_width(model):
+    """The same parameters with the closure's reference width the mesh's own: no cell-width
+    factors."""
+    own = MultiscaleModel(replace(model.config, reference_width=None), model.images).double()
+    own.load_state_dict(model.state_dict())
+    return own
+
+
+def test_the_learned_functions_converge_under_refinement(pulse_data):
+    """At the reference width of each mesh, the learned rates on meshes 12, 24, 48 converge to
+    those on mesh 96 at second order (the L2 projection's, of P1): each mesh discretises the same
+    functions of the fields."""
     torch.manual_seed(0)
     n_latent = 2
     model = MultiscaleModel.build(pulse_data, ModelConfig(coarse=12, n_latent=n_latent)).double()
-    finest = model.on_mesh(96)
-    assert finest.V.dim() == 96 and finest.config.coarse == 96
-    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), finest.state_dict().values()))
+    finest = with_own_width(model.on_mesh(96))
     x = nodes(finest)
     reference = learned_rates(finest, n_latent)
     errors = []
     for n in (12, 24, 48):
-        moved = model if n == 12 else model.on_mesh(n)
+        moved = model if n == 12 else with_own_width(model.on_mesh(n))
         errors.append(np.abs(at(x, moved, learned_rates(moved, n_latent)) - reference).max(axis=0)
                       / np.abs(reference).max(axis=0))
     orders = np.log2(np.array(errors[:-1]) / np.array(errors[1:]))
     assert np.all(orders > 1.4) and np.all(orders[-1] > 1.8), orders
+
+
+def test_a_closure_moved_to_a_finer_mesh_is_of_first_order_in_the_cell_width(pulse_data):
+    """Moved from 12 cells to 24, the model keeps its parameters and its reference width, and its
+    closure is the same network with the gradients read in units of the training mesh's cells (as
+    if their scales were doubled) and its residual halved; moved back to 12, nothing is scaled."""
+    torch.manual_seed(0)
+    model = MultiscaleModel.build(pulse_data, ModelConfig(coarse=12, n_latent=2)).double()
+    moved = model.on_mesh(24)
+    assert moved.V.dim() == 24 and moved.config.coarse == 24
+    assert moved.config.reference_width == pytest.approx(1 / 12)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), moved.state_dict().values()))
+    own = with_own_width(moved)
+    scale = own.sde.closure.scale.view(2, -1)
+    scale[1] *= 2
+    X = torch.as_tensor(np.random.default_rng(0).standard_normal((3, 24, 3)))
+    with torch.no_grad():
+        assert torch.allclose(moved.sde.closure(X), 0.5 * own.sde.closure(X), rtol=1e-12, atol=1e-14)
+    coarser = own.on_mesh(12)             # trained on 24 cells
+    assert coarser.sde.closure.refinement == 1.0
 
 
 def test_a_local_decoder_stays_on_its_mesh(pulse_data):
