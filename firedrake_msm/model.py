@@ -370,16 +370,16 @@ class MultiscaleSDE(nn.Module):
         one: their size is learned, and an untrained encoder's is arbitrary."""
         closure = self.closure
         features = closure.features(closure.at_points(self.channels(z))).flatten(0, 1)
-        channel = torch.arange(features.shape[1], device=z.device) % self.closure.channels
+        channel = torch.arange(features.shape[1], device=z.device) % closure.channels
         observed = channel < self.n_components
-        scale = torch.where(observed, features.std(0).clamp_min(1e-6), torch.ones_like(self.closure.scale))
-        self.closure.scale.copy_(scale)
-        if self.closure.raw_bound is not None:
-            values = scale[:self.closure.channels]              # the channels' own values come first
-            self.closure.raw_bound.copy_(torch.log(torch.expm1(10.0 * values)))
-            if self.closure.boundary_net is not None:
-                self.closure.raw_boundary_bound.copy_(torch.log(torch.expm1(10.0 * values)).expand_as(
-                    self.closure.raw_boundary_bound))
+        scale = torch.where(observed, features.std(0).clamp_min(1e-6), torch.ones_like(closure.scale))
+        closure.scale.copy_(scale)
+        if closure.raw_bound is not None:
+            values = scale[:closure.channels]              # the channels' own values come first
+            closure.raw_bound.copy_(torch.log(torch.expm1(10.0 * values)))
+            if closure.boundary_net is not None:
+                closure.raw_boundary_bound.copy_(torch.log(torch.expm1(10.0 * values)).expand_as(
+                    closure.raw_boundary_bound))
 
 
 @dataclass
