@@ -160,9 +160,9 @@ def compare(protocol, *, folder="results", data="data", runs="runs", retrain=Fal
     trainings = {method: _training(checkpoint) for method, checkpoint in checkpoints.items()}
     seconds = {method: _training_seconds(run) for method, run in learned.items()}
     fine = {**_fine_dataset(dataset), "dofs": model.transfer.V_fine.dim(), "coarse_dofs": model.V.dim()}
-    fine_cost = _fine_cost(problem, model.transfer.V_fine.mesh(), dataset, fine["dt"])
+    fine_seconds = fine_cost(problem, model.transfer.V_fine.mesh(), dataset, fine["dt"])
 
-    summary_ = _summary(protocol, dataset, fine, results, seconds, trainings, fine_cost, times, truth)
+    summary_ = _summary(protocol, dataset, fine, results, seconds, trainings, fine_seconds, times, truth)
     (out / "summary.json").write_text(json.dumps(summary_, indent=2))
     _tables(out, summary_)
     from firedrake_msm.plots import plot_comparison
@@ -337,9 +337,8 @@ def _reduced(saved, dataset, times, truth, method, settings):
 def _learned(saved, times, truth, samples):
     """A learned model's ensemble forecast (in a worker process), decoded on the fine mesh."""
     model = MultiscaleModel.load(saved)
-    start = time.perf_counter()
     result = forecast(model, torch.as_tensor(truth[:, 0]), times, samples=samples, seed=0, truth=truth)
-    seconds = (time.perf_counter() - start) / (times[-1] - times[0]) / truth.shape[0]
+    seconds = result.seconds / (times[-1] - times[0]) / truth.shape[0]
     mean, spread = result.mean.double().numpy(), result.std.double().numpy()
     errors_fe = relative_l2_fe(truth, mean, _mass(model.transfer.V_fine))
     ratio = spread_skill_of_moments(mean, spread**2, truth, samples) if samples > 1 else None
@@ -360,7 +359,7 @@ def _fine_dataset(dataset):
                 "trajectories": int(f["msm/snapshots"].shape[0]), "dt": float(attrs.get("dt", 0.0))}
 
 
-def _fine_cost(problem, mesh, dataset, dt, steps=20):
+def fine_cost(problem, mesh, dataset, dt, steps=20):
     """Seconds per simulated time unit of the fine DNS, timed over ``steps`` steps (after one)."""
     solver = CoarseSolver(problem, problem.function_space(mesh), dt=dt)
     _, truth = load_trajectories(dataset, trajectories=[0])

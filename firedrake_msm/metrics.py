@@ -162,8 +162,8 @@ def crps(ensemble, truth, *, fair=False):
     if fair and S < 2:
         raise ValueError("the fair CRPS needs at least two members")
     skill = np.abs(x - y).mean(axis=0)
-    weights = (2 * np.arange(1, S + 1) - S - 1).reshape((S,) + (1,) * (x.ndim - 1))
-    pairs = 2 * (weights * np.sort(x, axis=0)).sum(axis=0)       # sum over i, j of |x_i - x_j|
+    # The sum over i, j of |x_i - x_j|.
+    pairs = 2 * np.tensordot(2 * np.arange(1, S + 1) - S - 1, np.sort(x, axis=0), axes=1)
     return (skill - pairs / (2 * S * (S - 1) if fair else 2 * S**2)).mean(axis=-1)
 
 

@@ -8,6 +8,7 @@ from firedrake import (Function, FunctionSpace, RectangleMesh, SpatialCoordinate
 from scipy.special import erf
 
 from firedrake_msm.bridge.mass import to_torch_sparse
+from firedrake_msm.forecast import moments
 from firedrake_msm.metrics import (crps, diverged_at, energy_spectrum, fe_norm, relative_l2, relative_l2_fe,
                                    spread_skill, spread_skill_of_moments, summary)
 
@@ -124,3 +125,16 @@ def test_spectrum_of_a_sine_peaks_at_its_wavenumber():
     k, E = energy_spectrum(np.sin(2 * np.pi * k0 * x), length)
     assert k[np.argmax(E)] == k0
     assert np.isclose(E.max(), 0.25) and np.isclose(E.sum(), 0.25)     # mean of sin^2 / 2
+
+
+def test_ensemble_moments_hold_a_small_spread_about_a_large_mean():
+    """The moments about the first member keep a spread of 1e-6 of the mean in float32, where
+    the raw second moment would lose it to cancellation."""
+    x = (1e3 + 1e-3 * torch.randn(4, 64, 3, 50, generator=torch.Generator().manual_seed(0))).double()
+    mean, std = moments(x.float())
+    assert torch.allclose(mean.double(), x.mean(1), rtol=1e-7, atol=0)
+    assert torch.allclose(std.double(), x.std(1), rtol=1e-5, atol=0)
+    raw = (x.float().square().mean(1) - x.float().mean(1).square()).clamp_min(0).sqrt()
+    assert not torch.allclose(raw.double(), x.std(1), rtol=0.5, atol=0)
+    mean, std = moments(x[:, :1])
+    assert torch.equal(mean, x[:, 0]) and torch.equal(std, torch.zeros_like(mean))

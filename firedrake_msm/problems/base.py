@@ -43,8 +43,9 @@ class Problem:
     # less overhead: a DNS step is up to several times faster, and the states agree to round-off.
     lu = "mumps"
     # The step of the learned SDE's explicit forecasts on the coarse mesh (None: the output
-    # interval dt), where the output interval is too long for the learned model: unstable on the
-    # cylinder's small cells, not converged on the pulse.
+    # interval dt). Shorter where the output interval is too long for the learned model
+    # (unstable on the cylinder's small cells, not converged on the pulse); longer where the
+    # coarse dynamics are slow next to it, since a forecast's cost is its number of steps.
     forecast_dt = None
 
     def __init_subclass__(cls, **kwargs):
