@@ -46,8 +46,6 @@ def main(argv=None):
     train.add_argument("--coarse", help="coarse mesh resolution (default: the problem's)")
     train.add_argument("--local-decoder", action="store_true",
                        help="decoder weights free per stencil entry (sub-grid fields tied to the geometry)")
-    train.add_argument("--closure-degree", type=int,
-                       help="the closure's quadrature degree (default: twice the element's)")
     train.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint")
     train.add_argument("--warm-start", type=Path, help="initialise from another run's checkpoint")
     from firedrake_msm.train import TrainConfig
@@ -124,8 +122,7 @@ def _train(parser, args):
     problem = args.problem
     coarse = int(args.coarse) if args.coarse and args.coarse.isdigit() else args.coarse
     model = ModelConfig(problem, problem_options=args.problem_options, coarse=coarse, n_latent=args.n_latent,
-                        physics=not args.no_physics, flux=args.flux, local_decoder=args.local_decoder,
-                        closure_degree=args.closure_degree)
+                        physics=not args.no_physics, flux=args.flux, local_decoder=args.local_decoder)
     config = TrainConfig(**{name: getattr(args, name) for name in vars(TrainConfig())})
     label = (problem or dataset_problem(args.dataset)[0]).rpartition(":")[2].lower()
     output = args.output or Path("runs") / f"{label}-n{args.n_latent}"

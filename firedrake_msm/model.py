@@ -152,7 +152,9 @@ class NeuralWeakForm(nn.Module):
     refinement : float
         :math:`r`, in (0, 1] (see above).
     degree : int, optional
-        The quadrature degree (default: twice the element's).
+        The quadrature degree (default: twice the element's). The network runs at every point,
+        so the points set the closure's cost; but with one point a cell (degree 1 on P1) the
+        learned source is one value per cell, too coarse to train well.
     """
 
     def __init__(self, V, channels, resolved, *, flux="dissipative", width=64, depth=2, diffusivity=1e-3,
@@ -272,14 +274,11 @@ class MultiscaleSDE(nn.Module):
         :math:`a` starts at the same value, so :math:`|h| \lesssim 1`.
     refinement : float
         The closure's :math:`r` (:class:`NeuralWeakForm`).
-    closure_degree : int, optional
-        The closure's quadrature degree (:class:`NeuralWeakForm`).
     """
     noise_type, sde_type = "additive", "ito"
 
     def __init__(self, V, n_latent=5, *, physics=None, fixed_dofs=(), flux="dissipative", bounded_source=True,
-                 boundary_closure=True, width=64, depth=2, noise=1e-2, damping=50.0, refinement=1.0,
-                 closure_degree=None):
+                 boundary_closure=True, width=64, depth=2, noise=1e-2, damping=50.0, refinement=1.0):
         super().__init__()
         Vs = scalar_space(V)
         self.n_nodes, self.n_components, self.n_latent = Vs.dim(), V.block_size, n_latent
@@ -289,7 +288,7 @@ class MultiscaleSDE(nn.Module):
         self.physics = physics
         self.closure = NeuralWeakForm(Vs, channels, self.n_components, flux=flux, width=width, depth=depth,
                                       bounded=bounded_source, uniform=physics is not None,
-                                      boundary=boundary_closure, refinement=refinement, degree=closure_degree)
+                                      boundary=boundary_closure, refinement=refinement)
         self.mass = MassOperator(Vs)
         lumped = MassOperator(Vs, "lumped").diag.numpy()       # HRZ: positive for any degree
         spread = np.sqrt(lumped.mean() / lumped)
@@ -435,10 +434,6 @@ class ModelConfig:
         (:func:`~firedrake_msm.transfer.mean_width`), against which the closure is of first order
         on a finer mesh (:class:`NeuralWeakForm`); set when the model is built, kept by
         :meth:`MultiscaleModel.on_mesh`.
-    closure_degree : int, optional
-        The quadrature degree of the closure's weak form (default: twice the element's). Its
-        network runs at every quadrature point of every state, which bounds a forecast's cost:
-        degree 1 on P1 triangles takes one point a cell where the default takes three.
     """
     problem: object = None
     problem_options: dict = field(default_factory=dict)
@@ -455,7 +450,6 @@ class ModelConfig:
     features: int = 16
     damping: float = 50.0
     reference_width: float = None
-    closure_degree: int = None
 
     def __post_init__(self):
         for name in ("n_latent", "width", "depth", "features"):
@@ -463,10 +457,6 @@ class ModelConfig:
             if not isinstance(value, int) or value < (0 if name == "n_latent" else 1):
                 raise ValueError(f"ModelConfig.{name} must be an integer of at least "
                                  f"{0 if name == 'n_latent' else 1}, not {value!r}")
-        degree = self.closure_degree
-        if degree is not None and not (isinstance(degree, int) and degree >= 1):
-            raise ValueError(f"ModelConfig.closure_degree must be a positive integer or None, not "
-                             f"{self.closure_degree!r}")
         if self.flux not in ("dissipative", "free"):
             raise ValueError(f"ModelConfig.flux must be 'dissipative' or 'free', not {self.flux!r}")
         if not self.filter_width >= 0 or not self.damping > 0:
@@ -529,8 +519,7 @@ class MultiscaleModel(nn.Module):
                                  fixed_dofs=fixed[fixed < self.V.dim()], width=config.width,
                                  flux=config.flux, bounded_source=config.bounded_source,
                                  boundary_closure=config.boundary_closure, depth=config.depth,
-                                 damping=config.damping, refinement=min(width / config.reference_width, 1.0),
-                                 closure_degree=config.closure_degree)
+                                 damping=config.damping, refinement=min(width / config.reference_width, 1.0))
         self.decoder = Decoder(self.transfer, config.n_latent, local=config.local_decoder)
 
     @classmethod

@@ -284,7 +284,6 @@ def test_training_settings_that_cannot_train(pulse, tmp_path, settings, words):
     ({"n_latent": -1}, "ModelConfig.n_latent must be an integer of at least 0, not -1"),
     ({"width": 0}, "ModelConfig.width must be an integer of at least 1, not 0"),
     ({"flux": "upwind"}, "ModelConfig.flux must be 'dissipative' or 'free', not 'upwind'"),
-    ({"closure_degree": 0}, "ModelConfig.closure_degree must be a positive integer or None, not 0"),
 ])
 def test_model_settings(settings, words):
     with pytest.raises(ValueError, match=words):

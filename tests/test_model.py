@@ -161,23 +161,6 @@ def test_constant_diffusivity_is_firedrakes_stiffness_matrix():
     assert torch.allclose(closure(X), expected, rtol=1e-10, atol=1e-12)
 
 
-def test_closure_at_degree_one_takes_one_point_a_cell():
-    """``closure_degree=1`` on P1 triangles: one quadrature point a cell, where the stiffness
-    matrix (constant gradients) is still exact."""
-    mesh = UnitSquareMesh(3, 5)
-    V = FunctionSpace(mesh, "CG", 1)
-    sde = MultiscaleSDE(V, 1, boundary_closure=False, closure_degree=1).double()
-    assert sde.closure.weights.numel() == 3 * mesh.num_cells()                  # (1 + gdim) blocks
-    with torch.no_grad():
-        sde.closure.net[-1].weight.zero_()
-        sde.closure.net[-1].bias.zero_()
-    u, v = TrialFunction(V), TestFunction(V)
-    K = torch.as_tensor(assemble(inner(grad(u), grad(v)) * dx).M.values)
-    X = torch.randn(2, V.dim(), 2, dtype=F64, generator=torch.Generator().manual_seed(4))
-    expected = -sde.closure.diffusivity * np.log(2.0) * torch.einsum("ij,bjc->bic", K, X)
-    assert torch.allclose(sde.closure(X), expected, rtol=1e-10, atol=1e-12)
-
-
 def test_constant_free_flux_is_firedrakes_divergence_form():
     """A free flux with constant output τ gives R_i = ∫ τ · ∇φ_i, as Firedrake assembles it."""
     V = FunctionSpace(UnitSquareMesh(3, 5), "CG", 2)
