@@ -158,6 +158,7 @@ def forecast(model, initial, times, *, samples=64, dt=None, seed=0, method="srk"
     chunk = max(1, DECODED_VALUES // (n * S * N_h))
     means, spreads, scores, kept = [], [], [], []
     scored = 0.0
+    truth = None if truth is None else np.asarray(truth)
     for k in range(0, len(times), chunk):
         decoded = model.decode(z[:, :, k:k + chunk])[0]                               # (n, S, K, N_h)
         mean, spread = moments(decoded)
@@ -166,7 +167,7 @@ def forecast(model, initial, times, *, samples=64, dt=None, seed=0, method="srk"
         if truth is not None:
             scoring = time.perf_counter()
             ensemble = decoded.double().transpose(0, 1).cpu().numpy()
-            scores.append(crps(ensemble, np.asarray(truth)[:, k:k + chunk]))
+            scores.append(crps(ensemble, truth[:, k:k + chunk]))
             scored += time.perf_counter() - scoring
         if members:
             kept.append(decoded)
